@@ -1,0 +1,1 @@
+"""Secure two-party computation runtime (CrypTen): compatibility shim, party launch, providers, cost meter."""
