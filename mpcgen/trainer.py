@@ -1,0 +1,293 @@
+"""The training loop shared by the stages: AdamW, warmup + decay fitted to a step or time budget, optional DP-SGD
+(Opacus) and DDP, validation loss, best-checkpoint keeping and resumable state. Only rank 0 logs, evaluates and saves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mpcgen import checkpoint as C
+from mpcgen import training as T
+
+logger = logging.getLogger(__name__)
+
+# Steps timed (after a few warm-up steps) to fit the schedule to --max-minutes.
+TIMING_STEPS = (5, 25)
+EVAL_BATCH = 64
+
+
+@dataclass
+class TrainPlan:
+    """Optimisation settings; ``total_steps=None`` means: fit to ``max_minutes``."""
+
+    total_steps: Optional[int]
+    max_minutes: Optional[float]
+    lr: float
+    warmup: int
+    schedule: str
+    weight_decay: float
+    batch_size: int
+    eval_every: int
+    max_grad_norm: float
+    seed: int
+    dp: Optional[T.DPPlan] = None
+    bf16: bool = False
+
+
+class Trainer:
+    """Train ``model`` on encoded rows; see :meth:`train`."""
+
+    def __init__(self, model, tokenizer, train_rows, val_rows, plan: TrainPlan, *, out: Path, rank: int, world: int,
+                 is_encoder_decoder: bool, training_args: dict[str, Any]) -> None:
+        self.model, self.tokenizer, self.plan, self.out = model, tokenizer, plan, Path(out)
+        self.train_rows, self.rank, self.world = train_rows, rank, world
+        self.enc_dec, self.training_args = is_encoder_decoder, training_args
+        self.collate = T.Collator(tokenizer.pad_token_id)
+        # Validation batches sorted by length: less padding, faster.
+        order = sorted(val_rows, key=lambda r: len(r["input_ids"]) + len(r["labels"]))
+        self.val_batches = [self.collate(order[i : i + EVAL_BATCH]) for i in range(0, len(order), EVAL_BATCH)]
+        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val_loss": math.inf,
+                                      "best_step": None, "history": [], "accountant_history": [],
+                                      "total_steps": plan.total_steps}
+        self.privacy_engine = None
+
+    # -- setup --------------------------------------------------------------------------------------------------
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]  # no weight decay on biases and norm gains
+        rest = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": self.plan.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.plan.lr)
+
+    def _wrap(self, optimizer):
+        """DDP / Opacus wrapping; returns (model, optimizer, dp data loader or None)."""
+        dp = self.plan.dp
+        if dp is None:
+            if self.world > 1:
+                self.model = torch.nn.parallel.DistributedDataParallel(self.model)
+            return optimizer, None
+        from opacus import PrivacyEngine
+        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
+        module = DPDDP(self.model) if self.world > 1 else self.model
+        # Per-rank loader of batch B * world over the full dataset: Opacus derives the sample rate 1/len(loader),
+        # i.e. the global rate, and each rank Poisson-samples its shard at that rate.
+        loader = DataLoader(self.train_rows, batch_size=self.plan.batch_size * self.world, collate_fn=self.collate)
+        self.privacy_engine = PrivacyEngine(accountant=dp.accountant)
+        self.model, optimizer, loader = self.privacy_engine.make_private(
+            module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm, poisson_sampling=True, grad_sample_mode="hooks")
+        # Opacus covers modules without a registered sampler (GPT-2's Conv1D, T5's RMS norm) by its functorch
+        # fallback; the HF weights stay as they are, so the checkpoint needs no conversion.
+        return optimizer, loader
+
+    def _batches(self, dp_loader) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless batches; non-DP batches resume at (epoch, batch_in_epoch), DP batches are fresh Poisson samples."""
+        while True:
+            if dp_loader is not None:
+                for batch in dp_loader:
+                    self.state["batch_in_epoch"] += 1
+                    yield batch
+            else:
+                sampler = DistributedSampler(self.train_rows, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                             seed=self.plan.seed)
+                sampler.set_epoch(self.state["epoch"])
+                idx = list(sampler)
+                bs = self.plan.batch_size
+                for start in range(self.state["batch_in_epoch"] * bs, len(idx), bs):
+                    self.state["batch_in_epoch"] += 1
+                    yield self.collate([self.train_rows[i] for i in idx[start : start + bs]])
+            self.state["epoch"] += 1
+            self.state["batch_in_epoch"] = 0
+
+    # -- state ----------------------------------------------------------------------------------------------------
+
+    def _resume(self, resume_dir: Path, optimizer) -> None:
+        model_state, opt_state, state = C.load_resume(resume_dir)
+        T.unwrap(self.model).load_state_dict(model_state)
+        optimizer.load_state_dict(opt_state)
+        for key in ("step", "epoch", "batch_in_epoch", "best_val_loss", "best_step", "history", "accountant_history"):
+            self.state[key] = state[key]
+        self.state["best_val_loss"] = self.state["best_val_loss"] if self.state["best_val_loss"] is not None else math.inf
+        logger.info("resumed from %s at step %d (epoch %d)", resume_dir, self.state["step"], self.state["epoch"])
+
+    def epsilon(self) -> Optional[float]:
+        if self.plan.dp is None:
+            return None
+        return T.epsilon_from_history(self.plan.dp.accountant, self._accountant_history(), self.plan.dp.delta)
+
+    def _accountant_history(self) -> list:
+        if self.privacy_engine is None:
+            return self.state["accountant_history"]
+        return [list(h) for h in self.privacy_engine.accountant.history]
+
+    def _trainer_state(self) -> dict[str, Any]:
+        best = self.state["best_val_loss"]
+        dp = self.plan.dp
+        return {**{k: self.state[k] for k in ("step", "epoch", "best_step", "history", "total_steps")},
+                "best_val_loss": best if math.isfinite(best) else None, "epsilon": self.epsilon(),
+                "accountant": {"kind": dp.accountant, "delta": dp.delta, "history": self._accountant_history()}
+                if dp else None}
+
+    def _save_resume(self, optimizer) -> None:
+        base = T.unwrap(self.model)
+        state = {**self._trainer_state(), "batch_in_epoch": self.state["batch_in_epoch"],
+                 "accountant_history": self._accountant_history(), "args": self.training_args}
+        original = getattr(optimizer, "original_optimizer", optimizer)  # Opacus' DPOptimizer wraps it
+        config = base.get_base_model().config if hasattr(base, "get_base_model") else base.config
+        C.save_resume(self.out, base.state_dict(), original, state, config=config, tokenizer=self.tokenizer)
+
+    # -- loop -----------------------------------------------------------------------------------------------------
+
+    def _evaluate_and_save(self, optimizer, train_loss: float, writer) -> None:
+        """Rank 0: validation loss, best checkpoint, resume state, TensorBoard."""
+        step = self.state["step"]
+        val = T.validation_loss(T.unwrap(self.model), self.val_batches, is_encoder_decoder=self.enc_dec)
+        eps = self.epsilon()
+        self.state["history"].append({"step": step, "epoch": self.state["epoch"], "train_loss": train_loss,
+                                      "val_loss": val, "lr": self._lr(step), "epsilon": eps,
+                                      "elapsed_s": round(time.monotonic() - self.t0, 1)})
+        writer.add_scalar("val/loss", val, step)
+        if eps is not None:
+            writer.add_scalar("dp/epsilon", eps, step)
+        better = val < self.state["best_val_loss"]
+        if better:
+            self.state["best_val_loss"], self.state["best_step"] = val, step
+            C.save_best(self.out, T.export_hf_model(self.model), self.tokenizer, training_args=self.training_args,
+                        trainer_state=self._trainer_state())
+        self._save_resume(optimizer)
+        logger.info("step %d: train loss %.4f, val loss %.4f%s%s", step, train_loss, val,
+                    " (best, saved)" if better else "", f", epsilon {eps:.3f}" if eps is not None else "")
+
+    def _lr(self, step: int) -> float:
+        total = self.state["total_steps"] or 10**9
+        warmup = min(self.plan.warmup, max(1, total // 10))
+        return self.plan.lr * T.lr_factor(step, warmup=warmup, total=total, kind=self.plan.schedule)
+
+    def _fit_budget(self, step_s: float, eval_s: float) -> None:
+        """Fit total_steps to --max-minutes from the measured step and evaluation times (same on every rank)."""
+        left = self.plan.max_minutes * 60 - (time.monotonic() - self.t0)
+        steps = left / step_s
+        n_evals = steps / self.plan.eval_every + 1
+        fitted = self.state["step"] + max(1, int((left - n_evals * eval_s) / step_s))
+        if self.plan.total_steps is not None:
+            fitted = min(fitted, self.plan.total_steps)
+        if self.world > 1:
+            t = torch.tensor([fitted])
+            dist.broadcast(t, src=0)
+            fitted = int(t)
+        self.state["total_steps"] = fitted
+        logger.info("time budget %.1f min: %.3f s/step, %.1f s/eval -> %d steps in total", self.plan.max_minutes,
+                    step_s, eval_s, fitted)
+
+    def train(self, resume_dir: Optional[Path] = None) -> dict[str, Any]:
+        """Run to the step or time budget; return a summary (rank 0 has written the checkpoints)."""
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        optimizer = self._optimizer()
+        if resume_dir is not None:
+            self._resume(resume_dir, optimizer)
+        optimizer, dp_loader = self._wrap(optimizer)
+        if self.privacy_engine is not None and self.state["accountant_history"]:
+            # A resumed DP run continues the accountant, so it reports the same epsilon as before plus new steps.
+            self.privacy_engine.accountant.history = [tuple(h) for h in self.state["accountant_history"]]
+        main = self.rank == 0
+        writer = SummaryWriter(str(self.out / "runs")) if main else None
+        self.t0 = time.monotonic()
+        start = self.state["step"]
+        if self.plan.max_minutes is not None and resume_dir is not None:
+            self.state["total_steps"] = self.plan.total_steps  # re-fitted to this run's budget below
+        self.model.train()
+        bar = tqdm(total=self.state["total_steps"], initial=start, disable=not main, desc="train", dynamic_ncols=True)
+        batches, running, timing, eval_s = self._batches(dp_loader), [], {}, 0.0
+        last_eval, first_loss = start, None
+        while self.state["total_steps"] is None or self.state["step"] < self.state["total_steps"]:
+            step = self.state["step"]
+            lr = self._lr(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = next(batches)
+            if self.plan.dp is not None and batch["input_ids"].shape[0] == 0:
+                self._empty_dp_step(optimizer)
+                loss = torch.tensor(float("nan"))
+            else:
+                # bf16 autocast roughly halves step time on CPUs with AVX512-BF16/AMX; the loss stays float32.
+                with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.plan.bf16):
+                    loss, _ = T.sequence_loss(self.model, batch, is_encoder_decoder=self.enc_dec,
+                                              per_sample=self.plan.dp is not None)
+                loss.backward()
+                if self.plan.dp is None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.plan.max_grad_norm)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            self.state["step"] = step = step + 1
+            loss = loss.detach()
+            running.append(float(loss))
+            first_loss = first_loss if first_loss is not None else float(loss)
+            if self.plan.max_minutes is not None and self._out_of_time(eval_s):
+                logger.warning("--max-minutes %.1f reached at step %d: stopping", self.plan.max_minutes, step)
+                self.state["total_steps"] = step
+            bar.update(1)
+            if main and step % 10 == 0:
+                writer.add_scalar("train/loss", float(loss), step)
+                writer.add_scalar("train/lr", lr, step)
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+            if self.plan.max_minutes is not None:
+                if step - start in TIMING_STEPS:
+                    timing[step - start] = time.monotonic()
+                if step - start == TIMING_STEPS[1]:
+                    self._fit_budget((timing[TIMING_STEPS[1]] - timing[TIMING_STEPS[0]]) / (TIMING_STEPS[1] - TIMING_STEPS[0]), eval_s)
+                    bar.total = self.state["total_steps"]
+            if step % self.plan.eval_every == 0 and step < (self.state["total_steps"] or math.inf):
+                t_eval = time.monotonic()
+                if main:
+                    self._evaluate_and_save(optimizer, _mean(running), writer)
+                running, last_eval = [], step
+                if self.world > 1:
+                    dist.barrier()
+                eval_s = time.monotonic() - t_eval
+                if self.plan.max_minutes is not None and step - start == self.plan.eval_every:
+                    self._fit_budget((time.monotonic() - self.t0 - eval_s) / (step - start), eval_s)
+                    bar.total = self.state["total_steps"]
+        bar.close()
+        if last_eval != self.state["step"] and main:
+            self._evaluate_and_save(optimizer, _mean(running), writer)
+        if main:
+            C.write_json(self.out / "trainer_state.json", self._trainer_state())
+            writer.close()
+        if self.world > 1:
+            dist.barrier()
+        return {"out": str(self.out), "start_step": start, "step": self.state["step"],
+                "best_val_loss": self._trainer_state()["best_val_loss"], "best_step": self.state["best_step"],
+                "epsilon": self.epsilon(), "train_loss": self.state["history"][-1]["train_loss"] if main else None,
+                "first_train_loss": first_loss, "elapsed_s": round(time.monotonic() - self.t0, 1)}
+
+    def _out_of_time(self, eval_s: float) -> bool:
+        """Whether the budget (minus one final evaluation) is spent; rank 0 decides for everyone."""
+        flag = torch.tensor([float(time.monotonic() - self.t0 + eval_s > self.plan.max_minutes * 60)])
+        if self.world > 1:
+            dist.broadcast(flag, src=0)
+        return bool(flag)
+
+    def _empty_dp_step(self, optimizer) -> None:
+        """A Poisson batch with no examples: DP-SGD still takes a (pure-noise) step, and the accountant counts it."""
+        for p in self.model.parameters():
+            if p.requires_grad:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+        optimizer.step()
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")

@@ -1,0 +1,256 @@
+"""Stage 1: fine-tune a teacher (GPT-2, T5 or BART) on an NLG task, optionally with DP-SGD.
+
+    python -m nlg.finetune --task e2e --model gpt2 --init scratch --size small --max-minutes 55
+    torchrun --nproc_per_node 2 -m nlg.finetune --task e2e --model gpt2 --init scratch --size tiny --max-steps 50
+
+Writes ``<out>/`` (best model by validation loss, HF format, + training_args.json, trainer_state.json), ``<out>/resume/``
+(latest state) and ``<out>/runs/`` (TensorBoard); see :mod:`mpcgen.checkpoint`. ``--resume auto`` (the default)
+continues from ``<out>/resume/`` when it exists, ``yes`` requires it, ``no`` starts over. The last stdout line is a
+JSON summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from transformers import HfArgumentParser
+
+from mpcgen.data import canonical_task, load_examples, resolve_data_dir
+from mpcgen.errors import MpcgenError
+from mpcgen.tokenization import TRUNCATIONS, train_bpe_tokenizer
+from mpcgen import training as T
+from mpcgen.trainer import Trainer, TrainPlan
+
+logger = logging.getLogger("nlg.finetune")
+
+
+@dataclass
+class DataArguments:
+    task: str = field(default="e2e", metadata={"help": "e2e | webnlg | multiwoz (or e2e_nlg, web_nlg, multiwoz_nlg)"})
+    data_dir: Optional[str] = field(default=None, metadata={"help": "dataset folder (default: $MPCGEN_DATA_DIR)"})
+    max_length: int = field(default=128, metadata={"help": "max tokens per sequence (source is truncated first)"})
+    limit_train: Optional[int] = field(default=None, metadata={"help": "use only the first N training examples"})
+    limit_val: int = field(default=1000, metadata={"help": "validation examples used for the validation loss"})
+    holdout_percent: float = field(default=5.0, metadata={
+        "help": "tasks without a train split (multiwoz): percent of validation sources held out for validation"})
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(default="gpt2", metadata={"help": f"model family: one of {sorted(T.FAMILIES)}"})
+    init: str = field(default="pretrained", metadata={"help": "pretrained (from_pretrained) | scratch (random init)"})
+    name_or_path: Optional[str] = field(default=None, metadata={
+        "help": "pretrained checkpoint (default gpt2 / t5-small / facebook/bart-base)"})
+    size: str = field(default="small", metadata={"help": "scratch geometry: tiny | small | base"})
+    vocab_size: int = field(default=4096, metadata={"help": "scratch: BPE vocabulary trained on the train split"})
+    dropout: float = field(default=0.1, metadata={"help": "scratch: dropout"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters only (merged before every save)"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+
+
+@dataclass
+class TrainArguments:
+    out: Optional[str] = field(default=None, metadata={"help": "output folder (default stage1_ckpts/<task>-<model>[-dp])"})
+    max_steps: Optional[int] = field(default=None, metadata={"help": "optimizer steps (overrides --epochs)"})
+    epochs: Optional[float] = field(default=None, metadata={"help": "epochs (default 1 when no step/time budget)"})
+    max_minutes: Optional[float] = field(default=None, metadata={
+        "help": "wall-clock budget: the schedule is fitted to it from measured step time; stops, evaluates, saves"})
+    batch_size: int = field(default=32, metadata={"help": "batch per process (DP: expected Poisson batch)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
+    warmup_steps: int = field(default=200, metadata={"help": "linear warmup steps (capped at 10%% of the run)"})
+    schedule: str = field(default="cosine", metadata={"help": "decay after warmup: cosine | linear | constant"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and norms)"})
+    eval_every: int = field(default=500, metadata={"help": "validate (and save) every N steps"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    num_threads: Optional[int] = field(default=None, metadata={"help": "torch threads per process (default cores/procs)"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast for the forward pass (faster on CPUs "
+                                                    "with AVX512-BF16/AMX); not with --dp"})
+    resume: str = field(default="auto", metadata={"help": "auto: continue from <out>/resume if present | yes | no"})
+
+
+@dataclass
+class DPArguments:
+    dp: bool = field(default=False, metadata={"help": "DP-SGD with Opacus (Poisson sampling, per-sample clipping)"})
+    target_epsilon: float = field(default=8.0, metadata={"help": "privacy budget epsilon for the planned steps"})
+    delta: Optional[float] = field(default=None, metadata={"help": "delta (default 1/(10 N), N = training examples)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clipping norm (DP: per sample; else global)"})
+    accountant: str = field(default="rdp", metadata={"help": "rdp | prv"})
+
+
+ARG_CLASSES = (DataArguments, ModelArguments, TrainArguments, DPArguments)
+# A resume state is only valid for the same task, model and training mode.
+RESUME_KEYS = ("task", "model", "init", "size", "lora", "dp_enabled", "max_length")
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; initialises gloo when there is more than one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return rank, world
+
+
+def load_splits(task: str, data_dir: Optional[str], holdout_percent: float) -> tuple[list, list, str]:
+    """(train, validation, train split name). Tasks without a train split train on validation minus a holdout."""
+    try:
+        return load_examples(task, "train", data_dir), load_examples(task, "validation", data_dir), "train"
+    except MpcgenError as exc:
+        if "no train split" not in str(exc):
+            raise
+    rows = load_examples(task, "validation", data_dir)
+
+    # Hold out by a hash of the source so all references of one source fall on the same side.
+    def held(ex) -> bool:
+        return int(hashlib.md5(ex.source.encode()).hexdigest(), 16) % 10000 < holdout_percent * 100
+
+    train, val = [ex for ex in rows if not held(ex)], [ex for ex in rows if held(ex)]
+    logger.warning("%s has no train split: TRAINING ON 'validation' (%d examples), holding out %d (%.1f%% of sources) "
+                   "for the validation loss; evaluate on 'test' only", task, len(train), len(val), holdout_percent)
+    return train, val, "validation"
+
+
+def build(margs: ModelArguments, max_length: int, train_texts: list[str], rank: int, world: int, resume_dir):
+    """(model, tokenizer) from a resume state, a pretrained checkpoint, or from scratch."""
+    spec = T.family_spec(margs.model)
+    if resume_dir is not None:
+        from transformers import AutoConfig, AutoTokenizer
+        return spec.model_cls(AutoConfig.from_pretrained(resume_dir)), AutoTokenizer.from_pretrained(resume_dir)
+    if margs.init == "pretrained":
+        return T.load_pretrained(margs.model, margs.name_or_path or spec.default_name)
+    if margs.init != "scratch":
+        raise MpcgenError(f"unknown --init {margs.init!r}; choose one of ['pretrained', 'scratch']")
+    # Rank 0 trains the tokenizer and sends it to the others, so every rank has the same vocabulary.
+    payload = [train_bpe_tokenizer(train_texts, margs.vocab_size).backend_tokenizer.to_str() if rank == 0 else None]
+    if world > 1:
+        dist.broadcast_object_list(payload, src=0)
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+    from mpcgen.tokenization import SPECIAL_TOKENS
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(payload[0]), **SPECIAL_TOKENS)
+    return T.build_scratch_model(margs.model, margs.size, tokenizer, max_length=max_length,
+                                 dropout=margs.dropout), tokenizer
+
+
+def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, pargs: DPArguments) -> dict:
+    rank, world = _dist()
+    torch.set_num_threads(targs.num_threads or max(1, (os.cpu_count() or 1) // world))
+    torch.manual_seed(targs.seed)
+    task = canonical_task(dargs.task)
+    spec = T.family_spec(margs.model)
+    if targs.resume not in ("auto", "yes", "no"):
+        raise MpcgenError(f"unknown --resume {targs.resume!r}; choose one of ['auto', 'no', 'yes']")
+    if pargs.accountant not in ("rdp", "prv"):
+        raise MpcgenError(f"unknown --accountant {pargs.accountant!r}; choose one of ['prv', 'rdp']")
+    if targs.bf16 and pargs.dp:
+        raise MpcgenError("--bf16 is not supported with --dp (Opacus computes per-sample gradients in float32)")
+    out = Path(targs.out or f"stage1_ckpts/{task}-{margs.model}{'-dp' if pargs.dp else ''}")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    from mpcgen.checkpoint import find_resume, read_json
+    resume_dir = find_resume(out) if targs.resume != "no" else None
+    if targs.resume == "yes" and resume_dir is None:
+        raise MpcgenError(f"--resume yes but {out}/resume holds no training state")
+    all_args = {k: v for cls_args in (dargs, margs, targs, pargs) for k, v in dataclasses.asdict(cls_args).items()}
+    all_args.update(task=task, data_dir=str(resolve_data_dir(dargs.data_dir)), dp_enabled=pargs.dp)
+    if resume_dir is not None:
+        saved = read_json(resume_dir / "state.json")["args"]
+        diff = {k: (saved.get(k), all_args[k]) for k in RESUME_KEYS if saved.get(k) != all_args[k]}
+        if diff:
+            raise MpcgenError(f"{resume_dir} was written with different settings {diff} (saved, now): use another "
+                              "--out or --resume no to start over")
+
+    train_ex, val_ex, train_split = load_splits(task, dargs.data_dir, dargs.holdout_percent)
+    if dargs.limit_train:
+        train_ex = train_ex[: dargs.limit_train]
+    val_ex = val_ex[: dargs.limit_val]
+    model, tokenizer = build(margs, dargs.max_length, [t for ex in train_ex for t in (ex.source, ex.target)],
+                             rank, world, resume_dir)
+    TRUNCATIONS.clear()
+    encode = dict(is_encoder_decoder=spec.is_encoder_decoder, max_length=dargs.max_length)
+    train_rows, val_rows = T.encode_examples(tokenizer, train_ex, **encode), T.encode_examples(tokenizer, val_ex, **encode)
+    if TRUNCATIONS:
+        logger.warning("truncated to --max-length %d: %s", dargs.max_length, dict(TRUNCATIONS))
+
+    frozen = T.freeze_for_dp(model, margs.model) if pargs.dp else []
+    if margs.lora:
+        model = T.apply_lora(model, margs.model, r=margs.lora_r, alpha=margs.lora_alpha, dropout=0.05)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    global_batch = targs.batch_size * world
+    steps_per_epoch = math.ceil(len(train_rows) / global_batch)
+    if targs.max_steps:
+        total = targs.max_steps
+    elif targs.epochs or not targs.max_minutes:
+        total = max(1, round((targs.epochs or 1.0) * steps_per_epoch))
+    else:
+        total = None  # fitted to --max-minutes once the step time is measured
+    delta = pargs.delta or 1.0 / (10 * len(train_rows))
+    dp_plan = None
+    if pargs.dp:
+        if total is None:
+            raise MpcgenError("--dp needs --max-steps or --epochs: the noise is calibrated to the number of steps "
+                              "before training (--max-minutes may still stop earlier)")
+        rate = min(1.0, global_batch / len(train_rows))
+        sigma = T.plan_noise(target_epsilon=pargs.target_epsilon, delta=delta, sample_rate=rate, steps=total,
+                             accountant=pargs.accountant)
+        dp_plan = T.DPPlan(pargs.target_epsilon, delta, pargs.max_grad_norm, rate, total, sigma, pargs.accountant,
+                           frozen)
+        logger.info("DP-SGD: epsilon %.3g, delta %.3g, sample rate %.4g, %d steps -> noise multiplier %.4g",
+                    pargs.target_epsilon, delta, rate, total, sigma)
+
+    training_args = {**all_args, "model": margs.model, "is_encoder_decoder": spec.is_encoder_decoder,
+                     "max_length": dargs.max_length, "train_split": train_split, "n_train": len(train_rows),
+                     "n_val": len(val_rows), "world_size": world, "global_batch_size": global_batch,
+                     "n_parameters": n_params, "n_trainable_parameters": n_train, "frozen_parameters": frozen,
+                     "dp": dataclasses.asdict(dp_plan) if dp_plan else None,
+                     "truncations": dict(TRUNCATIONS)}
+    if rank == 0:
+        logger.info("%s %s (%s): %.2fM parameters (%.2fM trainable), %d train / %d val examples, batch %d, out %s",
+                    margs.model, margs.init, margs.size if margs.init == "scratch" else margs.name_or_path or
+                    spec.default_name, n_params / 1e6, n_train / 1e6, len(train_rows), len(val_rows), global_batch,
+                    out)
+    plan = TrainPlan(total_steps=total, max_minutes=targs.max_minutes, lr=targs.lr, warmup=targs.warmup_steps,
+                     schedule=targs.schedule, weight_decay=targs.weight_decay, batch_size=targs.batch_size,
+                     eval_every=targs.eval_every, max_grad_norm=pargs.max_grad_norm, seed=targs.seed, dp=dp_plan,
+                     bf16=targs.bf16)
+    trainer = Trainer(model, tokenizer, train_rows, val_rows, plan, out=out, rank=rank, world=world,
+                      is_encoder_decoder=spec.is_encoder_decoder, training_args=training_args)
+    return trainer.train(resume_dir)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = HfArgumentParser(ARG_CLASSES, description=__doc__.split("\n")[0])
+    dargs, margs, targs, pargs = parser.parse_args_into_dataclasses(args=argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run(dargs, margs, targs, pargs)
+    except MpcgenError as exc:
+        logger.error("%s", exc)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

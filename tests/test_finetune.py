@@ -1,0 +1,111 @@
+"""Stage 1 fine-tuning on tiny scratch models: loss goes down, checkpoints round-trip, resume, DP accounting, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mpcgen import training as T
+from mpcgen.errors import MpcgenError
+from nlg.finetune import load_splits, main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--task", "e2e", "--init", "scratch", "--size", "tiny", "--limit-train", "64", "--limit-val", "32",
+        "--batch-size", "8", "--warmup-steps", "2", "--vocab-size", "512", "--num-threads", "2"]
+
+
+def finetune(capsys, out: Path, *extra: str) -> dict:
+    assert main([*TINY, "--out", str(out), *extra]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("model", ["gpt2", "t5", "bart"])
+def test_tiny_finetune_lowers_loss(capsys, tmp_path, model):
+    summary = finetune(capsys, tmp_path, "--model", model, "--max-steps", "30", "--eval-every", "15", "--lr", "3e-3")
+    assert summary["step"] == 30
+    assert summary["train_loss"] < summary["first_train_loss"] - 0.5
+    args = json.loads((tmp_path / "training_args.json").read_text())
+    assert args["task"] == "e2e_nlg" and args["model"] == model and args["train_split"] == "train"
+    assert args["is_encoder_decoder"] == (model != "gpt2") and args["frozen_parameters"] == []
+
+
+def test_checkpoint_round_trip_and_resume(capsys, tmp_path):
+    first = finetune(capsys, tmp_path, "--model", "gpt2", "--max-steps", "10", "--eval-every", "5")
+    assert first["start_step"] == 0 and first["step"] == 10
+    state = json.loads((tmp_path / "resume" / "state.json").read_text())
+    assert state["step"] == 10
+    # The top level is a plain HF model: reloading gives the logits of the weights it was saved from.
+    best_step = json.loads((tmp_path / "trainer_state.json").read_text())["best_step"]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    ids = torch.tensor([tok.encode("name[The Eagle], food[English]")])
+    if best_step == 10:
+        ref = T.build_scratch_model("gpt2", "tiny", tok, max_length=128).eval()
+        ref.load_state_dict(load_file(str(tmp_path / "resume" / "model.safetensors")))
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits, rtol=0, atol=0)
+    # Resume: continues at step 10 with the saved optimizer state.
+    second = finetune(capsys, tmp_path, "--model", "gpt2", "--max-steps", "16", "--eval-every", "5")
+    assert second["start_step"] == 10 and second["step"] == 16
+    opt = load_file(str(tmp_path / "resume" / "optimizer.safetensors"))
+    assert all(int(v) == 16 for k, v in opt.items() if k.endswith(".step"))
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["history"]
+    assert [h["step"] for h in history] == [5, 10, 15, 16]
+    # Different settings on the same folder are refused instead of silently mixed.
+    assert main([*TINY, "--out", str(tmp_path), "--model", "gpt2", "--max-steps", "20", "--dp"]) == 2
+
+
+def test_dp_finetune_reports_recomputable_epsilon(capsys, tmp_path):
+    summary = finetune(capsys, tmp_path, "--model", "gpt2", "--max-steps", "8", "--eval-every", "4", "--dp",
+                       "--target-epsilon", "5")
+    eps = summary["epsilon"]
+    assert eps is not None and 0 < eps <= 5.0 + 1e-6
+    args = json.loads((tmp_path / "training_args.json").read_text())
+    state = json.loads((tmp_path / "trainer_state.json").read_text())
+    dp = args["dp"]
+    assert args["frozen_parameters"] == ["transformer.wpe.weight"]
+    assert state["accountant"]["history"] == [[dp["noise_multiplier"], dp["sample_rate"], 8]]
+    recomputed = T.epsilon_from_history("rdp", [(dp["noise_multiplier"], dp["sample_rate"], 8)], dp["delta"])
+    assert state["epsilon"] == pytest.approx(recomputed) == pytest.approx(eps)
+
+
+def test_impossible_epsilon_is_a_user_error(capsys, tmp_path):
+    with pytest.raises(MpcgenError, match="target-epsilon"):
+        T.plan_noise(target_epsilon=0.01, delta=1e-5, sample_rate=0.5, steps=1000, accountant="rdp")
+    code = main([*TINY, "--out", str(tmp_path), "--model", "gpt2", "--max-steps", "1000", "--dp",
+                 "--target-epsilon", "0.01"])
+    assert code == 2 and not (tmp_path / "resume").exists()
+
+
+def test_bad_names_are_user_errors(caplog, tmp_path):
+    assert main([*TINY, "--out", str(tmp_path), "--model", "gpt3"]) == 2
+    assert "['bart', 'gpt2', 't5']" in caplog.text
+    assert main([*TINY, "--out", str(tmp_path), "--task", "nope"]) == 2
+
+
+def test_multiwoz_trains_on_validation_with_disjoint_holdout(data_dir):
+    train, val, split = load_splits("multiwoz_nlg", str(data_dir), 5.0)
+    assert split == "validation" and val and len(val) < 0.1 * len(train)
+    assert not {ex.source for ex in train} & {ex.source for ex in val}
+
+
+def test_torchrun_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [str(REPO / ".venv" / "bin" / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533", "-m",
+           "nlg.finetune", *TINY, "--num-threads", "1", "--model", "gpt2", "--max-steps", "6", "--eval-every", "3",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1 and json.loads(summaries[0])["step"] == 6  # only rank 0 reports
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["world_size"] == 2 and args["global_batch_size"] == 16
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no stray temp files
