@@ -1,0 +1,207 @@
+"""Registries of the non-linearities a student may use: activations, attention normalisers, norms.
+
+Each entry is a short function whose docstring gives its exact formula (DESIGN.md section 4). The functions are
+written with tensor methods both backends share, so the same entry runs on torch tensors (training) and on CrypTen
+``MPCTensor`` s (private inference); the few differing ops come from :mod:`mpcgen.ops`. Learned parameters are not
+held here: the module that owns them (``AttentionCore``, ``Norm``) registers what ``*_PARAMS`` describe and passes
+them in, so the MPC runtime sees every weight on a leaf module.
+
+Look names up with :func:`lookup`, which raises :class:`MpcgenError` listing ``sorted(REGISTRY)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, TypeVar
+
+import torch
+
+from mpcgen import ops
+from mpcgen.errors import MpcgenError
+
+Tensor = Any  # torch.Tensor or MPCTensor
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------------------------------- activations
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GeLU, erf form (BART): ``0.5 x (1 + erf(x / sqrt(2)))``."""
+    return x * (ops.erf(x * (1.0 / math.sqrt(2.0))) + 1.0) * 0.5
+
+
+def gelu_new(x: Tensor) -> Tensor:
+    """GeLU, tanh form (GPT-2, T5 gated-gelu): ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    inner = (x + x * x.square() * 0.044715) * math.sqrt(2.0 / math.pi)
+    return x * (inner.tanh() + 1.0) * 0.5
+
+
+def relu(x: Tensor) -> Tensor:
+    """ReLU: ``max(x, 0)`` (a secure comparison under MPC)."""
+    return x.relu()
+
+
+def quad(x: Tensor) -> Tensor:
+    """Quad GeLU (MPCformer): ``0.125 x^2 + 0.25 x + 0.5``; one secret square per element."""
+    return x.square() * 0.125 + x * 0.25 + 0.5
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": gelu,
+    "gelu_new": gelu_new,
+    "relu": relu,
+    "quad": quad,
+}
+GELU_VARIANTS: dict[str, str] = {"erf": "gelu", "tanh": "gelu_new"}
+
+# ------------------------------------------------------------------------------------------ attention normalisers
+# Each maps scores (B, nh, T, S) and a public 0/1 mask broadcastable to them (None: nothing masked) to weights.
+# ``params`` carries a learned normaliser's tensors (thex); the others ignore it.
+
+TWO_QUAD_C = 5.0  # MPCformer's shift c in (x + c)^2
+TWO_RELU_EPS = 1e-6
+
+
+def softmax(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tensor] | None = None) -> Tensor:
+    """Softmax: ``p_i = exp(x_i) / sum_j exp(x_j)`` over unmasked j; masked p_i = 0."""
+    return ops.masked_softmax(scores, mask, dim=-1)
+
+
+def two_quad(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tensor] | None = None) -> Tensor:
+    """2Quad (MPCformer): ``p_i = (x_i + c)^2 / sum_j (x_j + c)^2``, ``c = 5``; masked positions contribute 0."""
+    e = ops.apply_mask((scores + TWO_QUAD_C).square(), mask)
+    return ops.normalise(e, mask, scale=TWO_QUAD_C ** 2)  # (x + c)^2 is ~c^2 for small scores
+
+
+def two_relu(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tensor] | None = None) -> Tensor:
+    """2ReLU: ``p_i = relu(x_i) / (sum_j relu(x_j) + eps)``, ``eps = 1e-6``; masked positions contribute 0."""
+    e = ops.apply_mask(scores.relu(), mask)
+    return ops.normalise(e, mask, eps=TWO_RELU_EPS)
+
+
+def thex(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tensor] | None = None) -> Tensor:
+    """THE-X as MERGE reproduced it: ``e_i = relu(x_i / 2 + 1)^3``, ``p_i = e_i * r(sum_j e_j)``.
+
+    ``r`` is the learned reciprocal estimator :func:`reciprocal_mlp` (1 -> 16 -> 16 -> 1, ReLU), whose tensors come
+    in ``params``. Masked positions contribute 0 to the sum and get p = 0. Variant: ReLU is evaluated under MPC
+    (a secure comparison), not by the client in a round trip as in THE-X's HE setting.
+    """
+    if params is None:
+        raise MpcgenError("attention 'thex' needs its reciprocal estimator's parameters")
+    base = (scores * 0.5 + 1.0).relu()
+    e = ops.apply_mask(base.square() * base, mask)
+    return e * reciprocal_mlp(e.sum(dim=-1, keepdim=True), params)
+
+
+def constant(logits: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tensor] | None = None) -> Tensor:
+    """Constant attention (MERGE): ``A = softmax(M)`` over ALL columns, then masked entries set to 0, no renormalising.
+
+    ``logits`` is the learned ``M`` (rows: query positions, columns: key positions), not data-dependent scores.
+    """
+    return ops.apply_mask(ops.masked_softmax(logits, None, dim=-1), mask)
+
+
+ATTENTIONS: dict[str, Callable[..., Tensor]] = {
+    "softmax": softmax,
+    "2quad": two_quad,
+    "2relu": two_relu,
+    "thex": thex,
+    "constant": constant,
+}
+
+RECIPROCAL_HIDDEN = 16
+RECIPROCAL_RANGE = (1.0, 1024.0)
+
+
+def reciprocal_mlp(x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+    """Learned reciprocal ``r(x) = relu(relu(x W1 + b1) W2 + b2) W3 + b3`` (1 -> 16 -> 16 -> 1); x is (..., 1)."""
+    h = (x.matmul(params["recip_w1"]) + params["recip_b1"]).relu()
+    h = (h.matmul(params["recip_w2"]) + params["recip_b2"]).relu()
+    return h.matmul(params["recip_w3"]) + params["recip_b3"]
+
+
+def reciprocal_mlp_init() -> dict[str, torch.Tensor]:
+    """Initial weights of :func:`reciprocal_mlp`: the piecewise-linear interpolant of ``1/x``.
+
+    Unit i of the first layer is ``relu(x - k_i)`` for 16 geometric knots ``k_i`` on [1, 1024]; the second layer is
+    the identity (its inputs are already >= 0); the output sums the slope changes, so r is the chord interpolant of
+    1/x between knots (relative error <= 6.5%), 1 below the first knot and flat (1/1024) above the last.
+    Distillation trains it from there.
+    """
+    lo, hi = RECIPROCAL_RANGE
+    n = RECIPROCAL_HIDDEN
+    knots = torch.logspace(math.log10(lo), math.log10(hi), n, dtype=torch.float64)
+    values = knots.reciprocal()
+    slopes = (values[1:] - values[:-1]) / (knots[1:] - knots[:-1])  # (n-1,)
+    coeff = torch.zeros(n, dtype=torch.float64)
+    coeff[0] = slopes[0]
+    coeff[1:-1] = slopes[1:] - slopes[:-1]
+    coeff[-1] = -slopes[-1]  # flat beyond the last knot: a reciprocal never goes negative
+    out = {
+        "recip_w1": torch.ones(1, n),
+        "recip_b1": -knots,
+        "recip_w2": torch.eye(n),
+        "recip_b2": torch.zeros(n),
+        "recip_w3": coeff.view(n, 1),  # (16, 1)
+        "recip_b3": values[:1],
+    }
+    return {k: v.to(torch.float32) for k, v in out.items()}
+
+
+# Learned normalisers: name -> initial parameters (registered on the owning AttentionCore).
+ATTENTION_PARAMS: dict[str, Callable[[], dict[str, torch.Tensor]]] = {"thex": reciprocal_mlp_init}
+
+# ----------------------------------------------------------------------------------------------------------- norms
+# Each maps x (..., d), weight (d,) or None, bias (d,) or None, eps to the normalised x.
+
+
+def layernorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """LayerNorm: ``(x - mean(x)) / sqrt(var(x) + eps) * gamma + beta`` (biased variance)."""
+    centred = x - x.mean(dim=-1, keepdim=True)
+    var = centred.square().mean(dim=-1, keepdim=True)
+    return centred * ops.inv_sqrt(var + eps) * weight + bias
+
+
+def rmsnorm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> Tensor:
+    """RMSNorm (T5): ``x / sqrt(mean(x^2) + eps) * gamma`` (no centring, no bias)."""
+    return x * ops.inv_sqrt(x.square().mean(dim=-1, keepdim=True) + eps) * weight
+
+
+def centered(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """Centred affine norm: ``(x - mean(x)) * gamma + beta``; the mean is linear, so free under MPC."""
+    return (x - x.mean(dim=-1, keepdim=True)) * weight + bias
+
+
+def affine(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """Affine ("simplified") LayerNorm (MERGE): ``x * gamma + beta`` with VECTOR gamma, beta."""
+    return x * weight + bias
+
+
+def no_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """No norm: ``x``."""
+    return x
+
+
+NORMS: dict[str, Callable[..., Tensor]] = {
+    "layernorm": layernorm,
+    "rmsnorm": rmsnorm,
+    "centered": centered,
+    "affine": affine,
+    "none": no_norm,
+}
+# Which learned vectors each norm owns.
+NORM_PARAMS: dict[str, tuple[str, ...]] = {
+    "layernorm": ("weight", "bias"),
+    "rmsnorm": ("weight",),
+    "centered": ("weight", "bias"),
+    "affine": ("weight", "bias"),
+    "none": (),
+}
+
+
+def lookup(registry: Mapping[str, T], name: str, field: str) -> T:
+    """``registry[name]``, or an :class:`MpcgenError` naming ``field``, the value and ``sorted(registry)``."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        raise MpcgenError(f"{field}={name!r} is not supported; choose one of {sorted(registry)}") from None

@@ -1,0 +1,72 @@
+"""Tiny models shared by the model tests (vocab 99, d 32, 2 layers, 4 heads)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import transformers as tf
+
+from mpcgen import ops
+from mpcgen.models import ModelConfig
+
+
+def tiny_hf(name: str, **kw):
+    if name == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
+    if name.startswith("t5"):
+        gated = name == "t5-gated"
+        cfg = tf.T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                          decoder_start_token_id=0, feed_forward_proj="gated-gelu" if gated else "relu",
+                          tie_word_embeddings=not gated)
+        return tf.T5ForConditionalGeneration(cfg).eval()
+    cfg = tf.BartConfig(vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+                        scale_embedding=True)
+    model = tf.BartForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        model.final_logits_bias.normal_()  # zero by default: make the import of it visible
+    return model
+
+
+def tiny_config(family: str, **kw) -> ModelConfig:
+    common = dict(vocab_size=99, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+    if family == "gpt2":
+        base = ModelConfig(**common)
+    elif family == "t5":
+        base = ModelConfig(arch="encoder-decoder", family="t5", n_encoder_layer=2, d_kv=8, d_ff=64, norm="rmsnorm",
+                           bias=False, scale_attention=False, relative_attention_num_buckets=8,
+                           relative_attention_max_distance=16, activation="relu", scale_decoder_outputs=True,
+                           **common)
+    else:
+        base = ModelConfig(arch="encoder-decoder", family="bart", n_encoder_layer=2, d_ff=64, pre_norm=False,
+                           final_norm=False, position_offset=2, scale_embedding=True, layernorm_embedding=True,
+                           final_logits_bias=True, gelu_variant="erf", **common)
+    return dataclasses.replace(base, **kw)
+
+
+def randomise(model):
+    """Realistic scales (O(1) hidden states) and non-uniform constant attention."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "const_logits" in name:
+                p.normal_()
+            elif name in ("wte.weight", "shared.weight", "stack.wpe.weight"):
+                p.normal_(std=1.0 / model.embed_scale)
+    return model.eval()
+
+
+def inputs(config: ModelConfig, t: int = 6):
+    ids = torch.randint(0, 99, (2, t))
+    if config.arch == "decoder":
+        return {"input_ids": ids}
+    return {"input_ids": ids, "decoder_input_ids": ids[:, :4]}
+
+
+def secret_inputs(crypten, kw):
+    def enc(ids):
+        return crypten.cryptensor(ops.one_hot(ids, 99))
+
+    if "decoder_input_ids" in kw:
+        return {"one_hot": enc(kw["input_ids"]), "decoder_one_hot": enc(kw["decoder_input_ids"])}
+    return {"one_hot": enc(kw["input_ids"])}

@@ -1,0 +1,169 @@
+"""Each approximation against a slow, obviously correct reference (Python loops), and mpcgen.ops on both backends."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mpcgen import approx, ops
+from mpcgen.errors import MpcgenError
+
+X = [-3.0, -1.5, -0.25, 0.0, 0.4, 1.0, 2.5]
+
+
+@pytest.mark.parametrize("name,ref", [
+    ("gelu", lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2)))),
+    ("gelu_new", lambda x: 0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))),
+    ("relu", lambda x: max(x, 0.0)),
+    ("quad", lambda x: 0.125 * x * x + 0.25 * x + 0.5),
+])
+def test_activation_formula(name, ref):
+    got = approx.ACTIVATIONS[name](torch.tensor(X, dtype=torch.float64))
+    for g, x in zip(got.tolist(), X):
+        assert g == pytest.approx(ref(x), abs=1e-12)
+
+
+SCORES = [[0.3, -1.2, 2.0, 0.7], [-0.5, 0.1, 1.4, -2.2], [1.1, 0.0, -0.3, 0.9]]
+MASK = [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]
+
+
+def _rows(f):
+    """Apply a per-row reference (scores, mask) -> probabilities."""
+    return torch.tensor([f(s, m) for s, m in zip(SCORES, MASK)], dtype=torch.float64)
+
+
+def _ref_softmax(s, m):
+    z = sum(math.exp(x) for x, k in zip(s, m) if k)
+    return [math.exp(x) / z if k else 0.0 for x, k in zip(s, m)]
+
+
+def _ref_two_quad(s, m):
+    z = sum((x + 5) ** 2 for x, k in zip(s, m) if k)
+    return [(x + 5) ** 2 / z if k else 0.0 for x, k in zip(s, m)]
+
+
+def _ref_two_relu(s, m):
+    z = sum(max(x, 0) for x, k in zip(s, m) if k) + 1e-6
+    return [max(x, 0) / z if k else 0.0 for x, k in zip(s, m)]
+
+
+def _ref_constant(s, m):
+    z = sum(math.exp(x) for x in s)  # over ALL columns, masked ones included
+    return [math.exp(x) / z if k else 0.0 for x, k in zip(s, m)]  # no renormalising
+
+
+@pytest.mark.parametrize("name,ref", [("softmax", _ref_softmax), ("2quad", _ref_two_quad), ("2relu", _ref_two_relu),
+                                      ("constant", _ref_constant)])
+def test_attention_formula(name, ref):
+    got = approx.ATTENTIONS[name](torch.tensor(SCORES, dtype=torch.float64), torch.tensor(MASK, dtype=torch.float64))
+    torch.testing.assert_close(got, _rows(ref), atol=1e-9, rtol=0)
+
+
+def test_constant_rows_do_not_renormalise():
+    got = approx.ATTENTIONS["constant"](torch.tensor(SCORES), torch.tensor(MASK, dtype=torch.float32))
+    assert (got.sum(-1)[:-1] < 0.999).all()
+
+
+def test_thex_formula():
+    params = approx.reciprocal_mlp_init()
+    params = {k: v.double() for k, v in params.items()}
+
+    def r(x):  # the MLP by hand
+        h1 = [max(x * params["recip_w1"][0, j].item() + params["recip_b1"][j].item(), 0) for j in range(16)]
+        h2 = [max(sum(h1[i] * params["recip_w2"][i, j].item() for i in range(16)) + params["recip_b2"][j].item(), 0)
+              for j in range(16)]
+        return sum(h2[i] * params["recip_w3"][i, 0].item() for i in range(16)) + params["recip_b3"][0].item()
+
+    def ref(s, m):
+        e = [max(x / 2 + 1, 0) ** 3 if k else 0.0 for x, k in zip(s, m)]
+        return [v * r(sum(e)) for v in e]
+
+    got = approx.thex(torch.tensor(SCORES, dtype=torch.float64), torch.tensor(MASK, dtype=torch.float64), params)
+    torch.testing.assert_close(got, _rows(ref), atol=1e-9, rtol=0)
+
+
+def test_reciprocal_init_approximates_inverse():
+    params = approx.reciprocal_mlp_init()
+    x = torch.logspace(0, math.log10(1024), 200).view(-1, 1)
+    rel = (approx.reciprocal_mlp(x, params) * x - 1).abs().max().item()
+    assert rel < 0.07
+
+
+def _ref_norm(kind, row, g, b, eps):
+    d = len(row)
+    mean = sum(row) / d
+    if kind == "layernorm":
+        var = sum((x - mean) ** 2 for x in row) / d
+        return [(x - mean) / math.sqrt(var + eps) * gi + bi for x, gi, bi in zip(row, g, b)]
+    if kind == "rmsnorm":
+        ms = sum(x * x for x in row) / d
+        return [x / math.sqrt(ms + eps) * gi for x, gi in zip(row, g)]
+    if kind == "centered":
+        return [(x - mean) * gi + bi for x, gi, bi in zip(row, g, b)]
+    if kind == "affine":
+        return [x * gi + bi for x, gi, bi in zip(row, g, b)]
+    return list(row)
+
+
+@pytest.mark.parametrize("kind", sorted(approx.NORMS))
+def test_norm_formula(kind):
+    x = torch.tensor(SCORES, dtype=torch.float64)
+    g, b = torch.tensor([1.5, -0.5, 2.0, 0.3], dtype=torch.float64), torch.tensor([0.1, 0.2, -0.3, 0.0],
+                                                                                    dtype=torch.float64)
+    got = approx.NORMS[kind](x, g, b, 1e-5)
+    ref = torch.tensor([_ref_norm(kind, r, g.tolist(), b.tolist(), 1e-5) for r in SCORES], dtype=torch.float64)
+    torch.testing.assert_close(got, ref, atol=1e-9, rtol=0)
+
+
+def test_unknown_name_lists_registry():
+    with pytest.raises(MpcgenError) as e:
+        approx.lookup(approx.ATTENTIONS, "sofmax", "attention")
+    assert str(sorted(approx.ATTENTIONS)) in str(e.value) and "attention='sofmax'" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------ ops, both backends
+
+
+@pytest.fixture(scope="module")
+def crypten():
+    from mpcgen.mpc.compat import crypten
+
+    crypten.init()
+    return crypten
+
+
+def test_ops_plain_and_secret(crypten):
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    enc = crypten.cryptensor(a)
+    assert not ops.is_encrypted(a) and ops.is_encrypted(enc)
+    torch.testing.assert_close(ops.cat([enc, b], dim=1).get_plain_text(), torch.cat([a, b], 1), atol=1e-3, rtol=0)
+    torch.testing.assert_close(ops.stack([enc, enc], dim=0).get_plain_text(), torch.stack([a, a]), atol=1e-3, rtol=0)
+    oh_plain = ops.argmax_one_hot(a)
+    assert torch.equal(oh_plain, ops.one_hot(a.argmax(-1), 4))
+    hot = ops.argmax_one_hot(enc)
+    torch.testing.assert_close(hot.get_plain_text(), oh_plain, atol=1e-3, rtol=0)
+    table = torch.randn(4, 3)  # a secret one-hot must select float rows, not integer-rounded ones
+    torch.testing.assert_close(hot.matmul(table).get_plain_text(), oh_plain.matmul(table), atol=1e-3, rtol=0)
+    pub = torch.randn(3, 3)
+    torch.testing.assert_close(ops.matmul(pub, enc).get_plain_text(), pub.matmul(a), atol=1e-2, rtol=0)
+    torch.testing.assert_close(ops.mul(b, enc).get_plain_text(), a * b, atol=1e-2, rtol=0)
+    torch.testing.assert_close(ops.add(b, enc).get_plain_text(), a + b, atol=1e-3, rtol=0)
+    pos = torch.rand(5) * 4 + 0.5
+    torch.testing.assert_close(ops.inv_sqrt(crypten.cryptensor(pos)).get_plain_text(), ops.inv_sqrt(pos),
+                               atol=2e-2, rtol=0)
+    xs = torch.linspace(-3.0, 3.0, 13)
+    torch.testing.assert_close(ops.erf(crypten.cryptensor(xs)).get_plain_text(), ops.erf(xs), atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["softmax", "2quad", "2relu", "thex", "constant"])
+def test_normalisers_secret_match_plain(crypten, name):
+    torch.manual_seed(1)
+    s = torch.randn(2, 2, 5, 5) * 2
+    mask = torch.tril(torch.ones(5, 5)).view(1, 1, 5, 5)  # (1, 1, T, S)
+    params = approx.reciprocal_mlp_init() if name == "thex" else None
+    plain = approx.ATTENTIONS[name](s, mask, params)
+    secret = approx.ATTENTIONS[name](crypten.cryptensor(s), mask, params).get_plain_text()
+    torch.testing.assert_close(secret, plain, atol=2e-2, rtol=0)
