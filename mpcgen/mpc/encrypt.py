@@ -1,0 +1,85 @@
+"""Secret-share a model's weights (or not) and the client's input.
+
+Both parties build the same architecture from the public config; only the server's copy holds the real weights.
+``private`` weights: each ``nn.Parameter`` (they live on leaf op modules, see :mod:`mpcgen.models`) is replaced by a
+``crypten.cryptensor(param, src=SERVER)`` attribute, so the unchanged forward runs on secret shares. Sharing from a
+source costs no communication (CrypTen masks with pseudo-random zero shares). ``public`` weights: the parameters
+stay plain torch tensors on both parties (SPRINT's setting), and products with them need no communication.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from mpcgen.errors import MpcgenError
+from mpcgen.mpc.compat import crypten
+from mpcgen.mpc.launch import CLIENT, SERVER
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_MODES = ("private", "public")
+
+
+def check_weights_mode(weights: str) -> str:
+    """Return ``weights`` if it is a known weight mode, else raise :class:`MpcgenError` listing them."""
+    if weights not in WEIGHT_MODES:
+        raise MpcgenError(f"unknown weights mode {weights!r}: use one of {list(WEIGHT_MODES)}")
+    return weights
+
+
+def encrypt_model(model: nn.Module, *, weights: str, src: int = SERVER) -> nn.Module:
+    """Prepare ``model`` (in place) for an encrypted forward pass; every party calls this in the same order.
+
+    Args:
+        model: the model; on ranks other than ``src`` only its architecture matters (its values are never used).
+        weights: ``"private"`` (the ``src`` party secret-shares every parameter) or ``"public"`` (all parties hold
+            the same plaintext weights; the input alone is secret).
+        src: the rank that owns the weights.
+
+    Returns:
+        The same module, in eval mode, without autograd. Private: parameters replaced by ``MPCTensor`` attributes.
+    """
+    check_weights_mode(weights)
+    model.eval()
+    model.requires_grad_(False)
+    if weights == "public":
+        return model
+    rank = crypten.communicator.get().get_rank()
+    n_tensors = n_values = 0
+    # named_modules / named_parameters(recurse=False) iterate in registration order, the same on every party.
+    for _, module in model.named_modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            # Other parties pass zeros: only the shape of their tensor is read, and nothing of theirs may leak in.
+            value = param.detach() if rank == src else torch.zeros_like(param, requires_grad=False)
+            del module._parameters[name]
+            setattr(module, name, crypten.cryptensor(value, src=src))
+            n_tensors += 1
+            n_values += param.numel()
+    logger.info("rank %d: %d weight tensors (%d values) secret-shared from rank %d", rank, n_tensors, n_values, src)
+    return model
+
+
+def encrypt_input(tensor: torch.Tensor | None, shape: Sequence[int], *, src: int = CLIENT):
+    """Secret-share ``tensor``, held by rank ``src`` only; the other parties pass ``None`` and the public ``shape``.
+
+    Raises:
+        MpcgenError: the owner passed no tensor or one of another shape, or a non-owner passed a tensor (that
+            would mean it holds the owner's data).
+    """
+    rank = crypten.communicator.get().get_rank()
+    shape = tuple(int(s) for s in shape)
+    if rank == src:
+        if tensor is None:
+            raise MpcgenError(f"rank {rank} owns the input but passed none")
+        if tuple(tensor.shape) != shape:
+            raise MpcgenError(f"input has shape {tuple(tensor.shape)} but the parties agreed on {shape}")
+        value = tensor.detach().float()
+    else:
+        if tensor is not None:
+            raise MpcgenError(f"rank {rank} passed an input tensor, but only rank {src} owns the input: pass None")
+        value = torch.zeros(shape)  # only the shape is read
+    return crypten.cryptensor(value, src=src)
