@@ -59,7 +59,9 @@ GELU_VARIANTS: dict[str, str] = {"erf": "gelu", "tanh": "gelu_new"}
 # ``params`` carries a learned normaliser's tensors (thex); the others ignore it.
 
 TWO_QUAD_C = 5.0  # MPCformer's shift c in (x + c)^2
-TWO_RELU_EPS = 1e-6
+# Well above the fixed-point resolution (2^-16): a row whose scores are all <= 0 then gives p = 0 under MPC too,
+# instead of truncation noise times the Newton reciprocal of ~0.
+TWO_RELU_EPS = 1e-2
 
 
 def softmax(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -74,7 +76,7 @@ def two_quad(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Ten
 
 
 def two_relu(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tensor] | None = None) -> Tensor:
-    """2ReLU: ``p_i = relu(x_i) / (sum_j relu(x_j) + eps)``, ``eps = 1e-6``; masked positions contribute 0."""
+    """2ReLU: ``p_i = relu(x_i) / (sum_j relu(x_j) + eps)``, ``eps = 1e-2``; masked positions contribute 0."""
     e = ops.apply_mask(scores.relu(), mask)
     return ops.normalise(e, mask, eps=TWO_RELU_EPS)
 

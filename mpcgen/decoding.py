@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from mpcgen.errors import MpcgenError
-from mpcgen.tokenization import decode_output, encode_prompt
+from mpcgen.tokenization import TRUNCATIONS, decode_output, encode_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +134,18 @@ def generate_texts(
     if not sources:
         return []
     ids = special_token_ids(model, tokenizer, is_encoder_decoder=is_encoder_decoder)
-    prompts = [encode_prompt(tokenizer, source, is_encoder_decoder=is_encoder_decoder) for source in sources]
-    if not is_encoder_decoder:
-        _check_fits(model, max(len(p) for p in prompts), max_new_tokens)
+    limit = _position_limit(model)
+    # Prompts longer than the model allows have their source truncated, as in training (source first).
+    room = None if limit is None else (limit if is_encoder_decoder else limit - max_new_tokens)
+    if room is not None and room < 3:
+        raise MpcgenError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's {limit} "
+                          "positions; lower --max-new-tokens")
+    before = TRUNCATIONS["prompt"]
+    prompts = [encode_prompt(tokenizer, source, is_encoder_decoder=is_encoder_decoder, max_length=room)
+               for source in sources]
+    if TRUNCATIONS["prompt"] > before:
+        logger.warning("%d of %d prompts truncated to %d tokens (the model has %d positions)",
+                       TRUNCATIONS["prompt"] - before, len(sources), room, limit)
 
     beam_settings = {"length_penalty": length_penalty, "early_stopping": True} if num_beams > 1 else {}
     config = GenerationConfig(
@@ -167,11 +176,6 @@ def generate_texts(
     return texts
 
 
-def _check_fits(model: PreTrainedModel, prompt_len: int, max_new_tokens: int) -> None:
-    """Fail with a message, not an index error, when prompt plus generation overflows the position table."""
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and prompt_len + max_new_tokens > limit:
-        raise MpcgenError(
-            f"longest prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-            f"{limit} positions; lower --max-new-tokens"
-        )
+def _position_limit(model: PreTrainedModel) -> int | None:
+    """The model's learned position table size (None for relative positions, e.g. T5)."""
+    return getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)

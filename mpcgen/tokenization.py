@@ -140,10 +140,23 @@ def encode_for_training(
     return {"input_ids": prompt + completion, "labels": [IGNORE_INDEX] * len(prompt) + completion}
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, source: str, *, is_encoder_decoder: bool) -> list[int]:
-    """The ids generation starts from: ``[bos] + S + [sep]`` (decoder-only) or ``S + [eos]`` (encoder input)."""
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase, source: str, *, is_encoder_decoder: bool, max_length: int | None = None
+) -> list[int]:
+    """The ids generation starts from: ``[bos] + S + [sep]`` (decoder-only) or ``S + [eos]`` (encoder input).
+
+    ``max_length`` caps the prompt (special tokens included) by truncating the source, as training truncates
+    sources first; truncations are counted in ``TRUNCATIONS["prompt"]``.
+    """
     _check_source(source)
     src = _ids(tokenizer, source)
+    if max_length is not None:
+        room = max_length - (1 if is_encoder_decoder else 2)
+        if room < 1:
+            raise MpcgenError(f"max_length {max_length} leaves no room for the source")
+        if len(src) > room:
+            src = src[:room]
+            TRUNCATIONS["prompt"] += 1
     if is_encoder_decoder:
         return src + [_special_id(tokenizer, "eos_token")]
     return [_special_id(tokenizer, "bos_token")] + src + [_special_id(tokenizer, "sep_token")]

@@ -9,7 +9,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from mpcgen import checkpoint as C
 from mpcgen import training as T
+from mpcgen.errors import MpcgenError
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,27 @@ class TrainPlan:
     bf16: bool = False
 
 
+@dataclass
+class TrainHooks:
+    """What a later stage (distillation) swaps into the loop; ``None`` keeps stage 1's behaviour.
+
+    ``loss(model, batch)`` returns the training loss and named float components (logged to TensorBoard);
+    ``val_loss(model, batches)`` the number the best checkpoint is chosen by; ``resume_config`` is written into
+    ``resume/`` instead of the Hugging Face config (anything with ``save_pretrained(dir)``).
+    """
+
+    loss: Optional[Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]] = None
+    val_loss: Optional[Callable[[torch.nn.Module, list], float]] = None
+    resume_config: Any = None
+
+
 class Trainer:
     """Train ``model`` on encoded rows; see :meth:`train`."""
 
     def __init__(self, model, tokenizer, train_rows, val_rows, plan: TrainPlan, *, out: Path, rank: int, world: int,
-                 is_encoder_decoder: bool, training_args: dict[str, Any]) -> None:
+                 is_encoder_decoder: bool, training_args: dict[str, Any], hooks: Optional[TrainHooks] = None) -> None:
         self.model, self.tokenizer, self.plan, self.out = model, tokenizer, plan, Path(out)
+        self.hooks = hooks or TrainHooks()
         self.train_rows, self.rank, self.world = train_rows, rank, world
         self.enc_dec, self.training_args = is_encoder_decoder, training_args
         self.collate = T.Collator(tokenizer.pad_token_id)
@@ -144,7 +160,10 @@ class Trainer:
         state = {**self._trainer_state(), "batch_in_epoch": self.state["batch_in_epoch"],
                  "accountant_history": self._accountant_history(), "args": self.training_args}
         original = getattr(optimizer, "original_optimizer", optimizer)  # Opacus' DPOptimizer wraps it
-        config = base.get_base_model().config if hasattr(base, "get_base_model") else base.config
+        if self.hooks.resume_config is not None:
+            config = self.hooks.resume_config
+        else:
+            config = base.get_base_model().config if hasattr(base, "get_base_model") else base.config
         C.save_resume(self.out, base.state_dict(), original, state, config=config, tokenizer=self.tokenizer)
 
     # -- loop -----------------------------------------------------------------------------------------------------
@@ -152,7 +171,10 @@ class Trainer:
     def _evaluate_and_save(self, optimizer, train_loss: float, writer) -> None:
         """Rank 0: validation loss, best checkpoint, resume state, TensorBoard."""
         step = self.state["step"]
-        val = T.validation_loss(T.unwrap(self.model), self.val_batches, is_encoder_decoder=self.enc_dec)
+        if self.hooks.val_loss is not None:
+            val = self.hooks.val_loss(T.unwrap(self.model), self.val_batches)
+        else:
+            val = T.validation_loss(T.unwrap(self.model), self.val_batches, is_encoder_decoder=self.enc_dec)
         eps = self.epsilon()
         self.state["history"].append({"step": step, "epoch": self.state["epoch"], "train_loss": train_loss,
                                       "val_loss": val, "lr": self._lr(step), "epsilon": eps,
@@ -218,14 +240,20 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = next(batches)
+            parts: dict[str, float] = {}
             if self.plan.dp is not None and batch["input_ids"].shape[0] == 0:
                 self._empty_dp_step(optimizer)
                 loss = torch.tensor(float("nan"))
             else:
                 # bf16 autocast roughly halves step time on CPUs with AVX512-BF16/AMX; the loss stays float32.
                 with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.plan.bf16):
-                    loss, _ = T.sequence_loss(self.model, batch, is_encoder_decoder=self.enc_dec,
-                                              per_sample=self.plan.dp is not None)
+                    if self.hooks.loss is not None:
+                        loss, parts = self.hooks.loss(self.model, batch)
+                    else:
+                        loss, _ = T.sequence_loss(self.model, batch, is_encoder_decoder=self.enc_dec,
+                                                  per_sample=self.plan.dp is not None)
+                if not torch.isfinite(loss.detach()).all():
+                    self._stop_on_nan(step + 1, float(loss), parts, writer)
                 loss.backward()
                 if self.plan.dp is None:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.plan.max_grad_norm)
@@ -242,6 +270,8 @@ class Trainer:
             if main and step % 10 == 0:
                 writer.add_scalar("train/loss", float(loss), step)
                 writer.add_scalar("train/lr", lr, step)
+                for name, value in parts.items():
+                    writer.add_scalar(f"train/{name}", value, step)
                 bar.set_postfix(loss=f"{float(loss):.3f}")
             if self.plan.max_minutes is not None:
                 if step - start in TIMING_STEPS:
@@ -272,6 +302,16 @@ class Trainer:
                 "best_val_loss": self._trainer_state()["best_val_loss"], "best_step": self.state["best_step"],
                 "epsilon": self.epsilon(), "train_loss": self.state["history"][-1]["train_loss"] if main else None,
                 "first_train_loss": first_loss, "elapsed_s": round(time.monotonic() - self.t0, 1)}
+
+    def _stop_on_nan(self, step: int, loss: float, parts: dict[str, float], writer) -> None:
+        """A non-finite loss: stop before it reaches the weights; the files on disk stay the last good ones."""
+        if writer is not None:
+            writer.close()
+        best = self.state["best_step"]
+        kept = (f"the best checkpoint (step {best}) in {self.out} and the resume state of the last evaluation are "
+                "left as they were" if best is not None else f"no checkpoint was written to {self.out} yet")
+        raise MpcgenError(f"training loss became {loss} at step {step} (components {parts}); stopped without "
+                          f"applying it: {kept}. Lower --lr or the loss weights and resume.")
 
     def _out_of_time(self, eval_s: float) -> bool:
         """Whether the budget (minus one final evaluation) is spent; rank 0 decides for everyone."""

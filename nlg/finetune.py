@@ -187,6 +187,8 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
         logger.warning("truncated to --max-length %d: %s", dargs.max_length, dict(TRUNCATIONS))
 
     frozen = T.freeze_for_dp(model, margs.model) if pargs.dp else []
+    if pargs.dp:
+        T.linearize_conv1d(model)  # fast per-sample gradients; saved checkpoints keep the HF layout
     if margs.lora:
         model = T.apply_lora(model, margs.model, r=margs.lora_r, alpha=margs.lora_alpha, dropout=0.05)
     n_params = sum(p.numel() for p in model.parameters())

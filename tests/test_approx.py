@@ -45,7 +45,7 @@ def _ref_two_quad(s, m):
 
 
 def _ref_two_relu(s, m):
-    z = sum(max(x, 0) for x, k in zip(s, m) if k) + 1e-6
+    z = sum(max(x, 0) for x, k in zip(s, m) if k) + approx.TWO_RELU_EPS
     return [max(x, 0) / z if k else 0.0 for x, k in zip(s, m)]
 
 

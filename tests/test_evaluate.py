@@ -167,6 +167,16 @@ def test_bad_settings_raise(tokenizer, models):
         generate_texts(models["gpt2"], tokenizer, ["x"], is_encoder_decoder=False, max_new_tokens=500)
 
 
+def test_long_prompt_is_truncated_to_fit(tokenizer, models):
+    from mpcgen.tokenization import TRUNCATIONS
+
+    before = TRUNCATIONS["prompt"]
+    long_source = "name[The Vaults], " * 200  # far more tokens than the 128 positions
+    texts = generate_texts(models["gpt2"], tokenizer, [long_source, "name[x]"], is_encoder_decoder=False,
+                           max_new_tokens=8, progress=False)
+    assert len(texts) == 2 and TRUNCATIONS["prompt"] == before + 1
+
+
 # ----------------------------------------------------------------------------------------------------------- CLI
 
 
