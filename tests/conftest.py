@@ -31,3 +31,14 @@ def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture(scope="module")
+def crypten():
+    """CrypTen initialised in this (single) process for backend checks, and shut down after the module, so later
+    tests that start real parties (or call init_party in-process) find it uninitialised."""
+    from mpcgen.mpc.compat import crypten as _crypten
+
+    _crypten.init()
+    yield _crypten
+    _crypten.uninit()

@@ -126,14 +126,6 @@ def test_unknown_name_lists_registry():
 # ------------------------------------------------------------------------------------------------ ops, both backends
 
 
-@pytest.fixture(scope="module")
-def crypten():
-    from mpcgen.mpc.compat import crypten
-
-    crypten.init()
-    return crypten
-
-
 def test_ops_plain_and_secret(crypten):
     torch.manual_seed(0)
     a, b = torch.randn(2, 3, 4), torch.randn(2, 3, 4)

@@ -76,6 +76,39 @@ def test_dp_finetune_reports_recomputable_epsilon(capsys, tmp_path):
     assert state["epsilon"] == pytest.approx(recomputed) == pytest.approx(eps)
 
 
+def test_conv1d_linearization_is_exact_and_saved_in_hf_layout(tmp_path):
+    tok = AutoTokenizer.from_pretrained(_tiny_tokenizer_dir(tmp_path))
+    model = T.build_scratch_model("gpt2", "tiny", tok, max_length=64).eval()
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    ref = model(ids).logits
+    names = T.linearize_conv1d(model)
+    assert names and all(isinstance(model.get_submodule(n), torch.nn.Linear) for n in names)
+    torch.testing.assert_close(model(ids).logits, ref)
+    exported = T.export_hf_model(model)
+    exported.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    torch.testing.assert_close(reloaded(ids).logits, ref)
+    assert isinstance(model.get_submodule(names[0]), torch.nn.Linear)  # the training model is left linearized
+
+
+def _tiny_tokenizer_dir(tmp_path: Path) -> Path:
+    from mpcgen.tokenization import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(["name[The Eagle], food[English]", "The Eagle serves English food."] * 20, 300)
+    tok.save_pretrained(tmp_path / "tok")
+    return tmp_path / "tok"
+
+
+def test_lora_finetune_saves_a_plain_merged_model(capsys, tmp_path):
+    summary = finetune(capsys, tmp_path, "--model", "gpt2", "--lora", "--max-steps", "6", "--eval-every", "3",
+                       "--lr", "3e-3")
+    assert summary["step"] == 6
+    args = json.loads((tmp_path / "training_args.json").read_text())
+    assert args["lora"] is True and args["n_trainable_parameters"] < args["n_parameters"] / 2
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)  # LoRA merged: loads as a plain GPT-2, no adapter keys
+    assert not [n for n, _ in model.named_parameters() if "lora" in n]
+
+
 def test_impossible_epsilon_is_a_user_error(capsys, tmp_path):
     with pytest.raises(MpcgenError, match="target-epsilon"):
         T.plan_noise(target_epsilon=0.01, delta=1e-5, sample_rate=0.5, steps=1000, accountant="rdp")
@@ -98,10 +131,10 @@ def test_multiwoz_trains_on_validation_with_disjoint_holdout(data_dir):
 
 def test_torchrun_two_processes(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [str(REPO / ".venv" / "bin" / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533", "-m",
+    cmd = [str(REPO / ".venv" / "bin" / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m",
            "nlg.finetune", *TINY, "--num-threads", "1", "--model", "gpt2", "--max-steps", "6", "--eval-every", "3",
            "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = [line for line in proc.stdout.splitlines() if line.startswith("{")]

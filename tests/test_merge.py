@@ -53,10 +53,7 @@ def test_merging_refusals():
         merge_model(merged)
 
 
-def test_merged_save_load_cache_and_secret(tmp_path):
-    from mpcgen.mpc.compat import crypten
-
-    crypten.init()
+def test_merged_save_load_cache_and_secret(tmp_path, crypten):
     model = perturbed(tiny_config("gpt2").with_preset("merge"))
     merged = merge_model(model)
     merged.save_pretrained(tmp_path)

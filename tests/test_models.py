@@ -63,14 +63,6 @@ def test_import_preset_keeps_weights_and_inits_rest():
 # -------------------------------------------------------------------------------------------- tiny configs, presets
 
 
-@pytest.fixture(scope="module")
-def crypten():
-    from mpcgen.mpc.compat import crypten
-
-    crypten.init()
-    return crypten
-
-
 @pytest.mark.parametrize("family", ["gpt2", "t5", "bart"])
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_preset_plain_and_secret(crypten, family, preset):
