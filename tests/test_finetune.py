@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -134,10 +135,17 @@ def test_torchrun_two_processes(tmp_path):
     cmd = [str(REPO / ".venv" / "bin" / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m",
            "nlg.finetune", *TINY, "--num-threads", "1", "--model", "gpt2", "--max-steps", "6", "--eval-every", "3",
            "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summaries = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    # A new session, so that a timeout can kill torchrun's workers too instead of leaving them orphaned.
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun did not finish within 300 s")
+    assert proc.returncode == 0, stderr[-3000:]
+    summaries = [line for line in stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and json.loads(summaries[0])["step"] == 6  # only rank 0 reports
     args = json.loads((out / "training_args.json").read_text())
     assert args["world_size"] == 2 and args["global_batch_size"] == 16
