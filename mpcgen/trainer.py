@@ -50,12 +50,14 @@ class TrainHooks:
 
     ``loss(model, batch)`` returns the training loss and named float components (logged to TensorBoard);
     ``val_loss(model, batches)`` the number the best checkpoint is chosen by; ``resume_config`` is written into
-    ``resume/`` instead of the Hugging Face config (anything with ``save_pretrained(dir)``).
+    ``resume/`` instead of the Hugging Face config (anything with ``save_pretrained(dir)``); ``param_groups(model,
+    weight_decay)`` builds the optimizer's groups, each may carry ``lr_scale`` (a multiplier of the scheduled lr).
     """
 
     loss: Optional[Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]] = None
     val_loss: Optional[Callable[[torch.nn.Module, list], float]] = None
     resume_config: Any = None
+    param_groups: Optional[Callable[[torch.nn.Module, float], list[dict]]] = None
 
 
 class Trainer:
@@ -79,6 +81,8 @@ class Trainer:
     # -- setup --------------------------------------------------------------------------------------------------
 
     def _optimizer(self) -> torch.optim.Optimizer:
+        if self.hooks.param_groups is not None:
+            return torch.optim.AdamW(self.hooks.param_groups(self.model, self.plan.weight_decay), lr=self.plan.lr)
         params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]  # no weight decay on biases and norm gains
         rest = [p for p in params if p.dim() < 2]
@@ -238,7 +242,7 @@ class Trainer:
             step = self.state["step"]
             lr = self._lr(step)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             batch = next(batches)
             parts: dict[str, float] = {}
             if self.plan.dp is not None and batch["input_ids"].shape[0] == 0:
@@ -253,7 +257,7 @@ class Trainer:
                         loss, _ = T.sequence_loss(self.model, batch, is_encoder_decoder=self.enc_dec,
                                                   per_sample=self.plan.dp is not None)
                 if not torch.isfinite(loss.detach()).all():
-                    self._stop_on_nan(step + 1, float(loss), parts, writer)
+                    self._stop_on_nan(step + 1, float(loss.detach()), parts, writer)
                 loss.backward()
                 if self.plan.dp is None:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.plan.max_grad_norm)

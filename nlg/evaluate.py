@@ -9,7 +9,8 @@ Writes ``<ckpt>/predictions-<split>[-beamB].txt`` (one line per distinct source,
 of stdout (BLEU on 0-1). Logs go to stderr.
 
 Checkpoints are recognised by what their directory holds (:data:`LOADERS`): today a Hugging Face teacher from
-``nlg.finetune``; stage 2 registers its student format there and this CLI evaluates it unchanged.
+``nlg.finetune``, or a stage-2 student from ``distill.run`` (decoded greedily the way it decodes privately: ER rollout
+for Embedding Resending students, token re-embedding otherwise).
 """
 
 from __future__ import annotations
@@ -151,8 +152,38 @@ def _load_hf(ckpt: Path) -> LoadedCheckpoint:
     return LoadedCheckpoint("hf", ckpt, training_args, is_encoder_decoder, generate)
 
 
-# kind -> (does this directory hold it?, loader). Stage 2 adds its student checkpoint here.
+def _is_student(ckpt: Path) -> bool:
+    """An mpcgen student (``distill.run`` / ``save_pretrained``): our config.json has ``arch`` and ``preset``."""
+    if not ((ckpt / "config.json").is_file() and (ckpt / "model.safetensors").is_file()):
+        return False
+    try:
+        config = json.loads((ckpt / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and "arch" in config and "preset" in config and "model_type" not in config
+
+
+def _load_student(ckpt: Path) -> LoadedCheckpoint:
+    """A distilled student, decoded as it will be privately (ER rollout for ER students, else token re-embedding)."""
+    from mpcgen.distill import load_student
+    from mpcgen.student_decoding import generate_student_texts
+
+    model = load_student(ckpt)
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise MpcgenError(f"{ckpt}: the student checkpoint has no tokenizer files")
+    is_encoder_decoder = model.config.arch == "encoder-decoder"
+
+    def generate(sources: list[str], settings: dict[str, Any]) -> list[str]:
+        return generate_student_texts(model, tokenizer, sources, **settings)
+
+    return LoadedCheckpoint("student", ckpt, read_training_args(ckpt), is_encoder_decoder, generate)
+
+
+# kind -> (does this directory hold it?, loader); checked in order, so the student (whose folder also has a
+# config.json and model.safetensors) comes before the Hugging Face layout.
 LOADERS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], LoadedCheckpoint]]] = {
+    "student": (_is_student, _load_student),
     "hf": (_is_hf_model, _load_hf),
 }
 
@@ -168,7 +199,7 @@ def checkpoint_kind(ckpt: str | os.PathLike) -> str:
             return kind
     raise MpcgenError(
         f"{path} holds no checkpoint this evaluator knows (kinds: {sorted(LOADERS)}; an 'hf' checkpoint has "
-        f"config.json and model.safetensors)"
+        f"config.json and model.safetensors, a 'student' one the same with an mpcgen config: arch and preset)"
     )
 
 

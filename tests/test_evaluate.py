@@ -231,7 +231,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, checkpoints, data_di
 
 
 def test_unknown_checkpoint_kind_lists_kinds(tmp_path):
-    with pytest.raises(MpcgenError, match=r"\['hf'\]"):
+    with pytest.raises(MpcgenError, match=r"\['hf', 'student'\]"):
         evaluate.checkpoint_kind(tmp_path)
 
 

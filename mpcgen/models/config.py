@@ -73,6 +73,10 @@ class ModelConfig:
     merged: bool = False
     constant_frozen: bool = False
     embedding_resend: bool = False
+    # ER: a norm applied to the resent final state before it becomes the next token input (part of
+    # resend_embedding, so training, plaintext and private generation agree); "rmsnorm" matches its scale to the
+    # token embeddings' (one inverse square root per generated token under MPC). "none": resend the raw state.
+    resend_norm: str = "none"
     kv_cache: bool = True
     tie_word_embeddings: bool = True
     scale_decoder_outputs: bool = False  # T5 with tied embeddings: LM-head input * n_embd^-0.5
@@ -109,6 +113,7 @@ class ModelConfig:
         lookup(GELU_VARIANTS, self.gelu_variant, "gelu_variant")
         lookup(ATTENTIONS, self.attention, "attention")
         lookup(NORMS, self.norm, "norm")
+        lookup(NORMS, self.resend_norm, "resend_norm")
         if self.attention_layers is not None:
             if not isinstance(self.attention_layers, list) or len(self.attention_layers) != self.n_layer:
                 raise MpcgenError(f"attention_layers must be a list of n_layer={self.n_layer} names, "
@@ -165,6 +170,13 @@ class ModelConfig:
         return dataclasses.replace(self, **overrides)
 
     # ------------------------------------------------------------------------------------------ serialising
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write ``config.json`` into ``directory`` (the Hugging Face config API, used by resume states)."""
+        import json
+        from pathlib import Path
+
+        (Path(directory) / "config.json").write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

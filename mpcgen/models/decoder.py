@@ -138,6 +138,11 @@ def resolve_start(past: KVCache | None, start_pos: int) -> int:
     return past.length
 
 
+def resend_norm_module(config: ModelConfig) -> Norm | None:
+    """The norm ER applies to a resent state (None for ``resend_norm="none"``)."""
+    return None if config.resend_norm == "none" else Norm(config.resend_norm, config.n_embd, config.norm_eps)
+
+
 def freeze_constant_attention(model: nn.Module) -> None:
     """Store ``A = softmax(M)`` instead of ``M`` in every constant attention (the inference form); idempotent."""
     for module in model.modules():
@@ -159,6 +164,7 @@ class DecoderLM(PretrainedMixin, nn.Module):
         self.embed_scale = d ** 0.5 if config.scale_embedding else 1.0
         kinds = [config.layer_attention(i) for i in range(config.n_layer)]
         self.stack = Stack(config, kinds, causal=True, cross=False)
+        self.resend_norm = resend_norm_module(config)
         self.lm_head = LMHead(d, config.vocab_size, self.wte if config.tie_word_embeddings else None,
                               bias=config.final_logits_bias,
                               input_scale=d ** -0.5 if config.scale_decoder_outputs else 1.0)
@@ -169,12 +175,17 @@ class DecoderLM(PretrainedMixin, nn.Module):
         tok = token_input(self.wte, self.embed_scale, input_ids, one_hot, inputs_embeds)
         return self.stack.prepare(tok, start_pos)
 
-    def resend_embedding(self, hidden_last: Tensor, pos: int) -> Tensor:
-        """Embedding Resending: the previous position's final hidden state (B, 1, d) + position ``pos``'s row.
+    def resend_token(self, hidden_last: Tensor) -> Tensor:
+        """The token part of a resent input: the final hidden state (B, T, d) after ``config.resend_norm``."""
+        return hidden_last if self.resend_norm is None else self.resend_norm(hidden_last)
 
-        Equivalent to ``forward(inputs_embeds=hidden_last, start_pos=pos)`` for the embedding part.
+    def resend_embedding(self, hidden_last: Tensor, pos: int) -> Tensor:
+        """Embedding Resending: the previous position's final hidden state (B, 1, d) (after ``config.resend_norm``)
+        + position ``pos``'s row.
+
+        Equivalent to ``forward(inputs_embeds=resend_token(hidden_last), start_pos=pos)`` for the embedding part.
         """
-        return self.stack.prepare(hidden_last, pos)
+        return self.stack.prepare(self.resend_token(hidden_last), pos)
 
     def forward(self, input_ids: torch.Tensor | None = None, *, inputs_embeds: Tensor | None = None,
                 one_hot: Tensor | None = None, attention_mask: torch.Tensor | None = None,

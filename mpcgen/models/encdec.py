@@ -15,8 +15,8 @@ from torch import nn
 
 from mpcgen.errors import MpcgenError
 from mpcgen.models.config import ModelConfig
-from mpcgen.models.decoder import ModelOutput, Stack, freeze_constant_attention, padding_mask, resolve_start, \
-    token_input
+from mpcgen.models.decoder import ModelOutput, Stack, freeze_constant_attention, padding_mask, resend_norm_module, \
+    resolve_start, token_input
 from mpcgen.models.io import PretrainedMixin
 from mpcgen.models.layers import Embedding, KVCache, LMHead
 
@@ -38,6 +38,7 @@ class EncoderDecoderLM(PretrainedMixin, nn.Module):
         self.encoder = Stack(config, [config.attention] * config.n_encoder_layer, causal=False, cross=False)
         kinds = [config.layer_attention(i) for i in range(config.n_layer)]
         self.decoder = Stack(config, kinds, causal=True, cross=True)
+        self.resend_norm = resend_norm_module(config)
         self.lm_head = LMHead(d, config.vocab_size, self.shared if config.tie_word_embeddings else None,
                               bias=config.final_logits_bias,
                               input_scale=d ** -0.5 if config.scale_decoder_outputs else 1.0)
@@ -56,10 +57,15 @@ class EncoderDecoderLM(PretrainedMixin, nn.Module):
         tok = token_input(self.shared, self.embed_scale, input_ids, one_hot, inputs_embeds)
         return self.decoder.prepare(tok, start_pos)
 
+    def resend_token(self, hidden_last: Tensor) -> Tensor:
+        """The token part of a resent input: the final decoder state (B, T, d) after ``config.resend_norm``."""
+        return hidden_last if self.resend_norm is None else self.resend_norm(hidden_last)
+
     def resend_embedding(self, hidden_last: Tensor, pos: int) -> Tensor:
-        """Embedding Resending: the previous final decoder state (B, 1, d) as the token embedding of slot ``pos``
-        (+ its position row for BART, then BART's embedding norm; T5 has no absolute positions)."""
-        return self.decoder.prepare(hidden_last, pos)
+        """Embedding Resending: the previous final decoder state (B, 1, d) (after ``config.resend_norm``) as the token
+        embedding of slot ``pos`` (+ its position row for BART, then BART's embedding norm; T5 has no absolute
+        positions)."""
+        return self.decoder.prepare(self.resend_token(hidden_last), pos)
 
     def forward(self, input_ids: torch.Tensor | None = None, *, attention_mask: torch.Tensor | None = None,
                 one_hot: Tensor | None = None, inputs_embeds: Tensor | None = None,

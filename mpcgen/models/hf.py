@@ -8,6 +8,7 @@ at its 1/x interpolant; affine-norm biases 0); Q/K of constant layers are droppe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -26,13 +27,16 @@ _MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "t5": "T5ForConditionalGeneration", "
 Mapped = dict[str, torch.Tensor]
 
 
-def import_hf(model_or_dir: Any, preset: str = "vanilla") -> nn.Module:
+def import_hf(model_or_dir: Any, preset: str = "vanilla", *, overrides: dict[str, Any] | None = None) -> nn.Module:
     """Build a student from a Hugging Face model (or a local checkpoint folder) with ``preset``'s approximations.
 
     Args:
         model_or_dir: a ``GPT2LMHeadModel``, ``T5ForConditionalGeneration`` or ``BartForConditionalGeneration``, or
             a folder holding one (``config.json`` + weights; a tokenizer there is attached as ``model.tokenizer``).
         preset: a key of :data:`mpcgen.models.PRESETS`.
+        overrides: config fields set after the preset (e.g. ``attention_layers``, ``resend_norm``); the config keeps
+            the preset's name. Teacher tensors the resulting student has (e.g. Q/K of layers kept content-dependent)
+            are imported.
 
     Returns:
         The student (eval mode). With ``vanilla`` its logits match the teacher's to float precision.
@@ -47,12 +51,14 @@ def import_hf(model_or_dir: Any, preset: str = "vanilla") -> nn.Module:
     config_fn, map_fn = _IMPORTERS[family]
     exact = config_fn(model_or_dir)
     config = exact.with_preset(preset)
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
     mapped = map_fn(model_or_dir, exact)
 
     from mpcgen.models import build_model
 
     student = build_model(config)
-    _load_mapped(student, mapped, strict=preset == "vanilla")
+    _load_mapped(student, mapped, strict=preset == "vanilla" and not overrides)
     if tokenizer is not None:
         student.tokenizer = tokenizer
     return student.eval()
