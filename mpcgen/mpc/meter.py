@@ -247,6 +247,16 @@ class CostMeter:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
+    def totals(self) -> GroupCost:
+        """This party's costs since :meth:`start`, summed over groups, up to now (for per-step accounting: the
+        difference of two calls is what happened in between, online and dealer traffic kept apart)."""
+        if self._running:
+            self._book()  # close the open interval; booking it now or at the next event gives the same sums
+        total = self.result().total()
+        if self._running:
+            total.seconds = time.perf_counter() - self._start
+        return total
+
     def result(self) -> PartyCost:
         """This party's costs so far (a copy)."""
         groups = {k: dataclasses.replace(v) for k, v in self._groups.items()}

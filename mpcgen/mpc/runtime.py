@@ -102,6 +102,29 @@ def _zero_model(config_dict: dict[str, Any]) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------- one party
 
 
+def setup_model(rank: int, model: ModelSource, *, weights: str, prepare: bool = True) -> nn.Module:
+    """Every party's plaintext copy of the model, before :func:`encrypt_model`; call in every party, same order.
+
+    ``private``: the server loads (and prepares) its model and announces the config; the other party builds that
+    architecture with zero weights, so it learns the config and nothing else. ``public``: every party loads the
+    same model, and the parties compare weight digests.
+    """
+    comm = crypten.communicator.get()
+    if weights == "private":
+        if rank == SERVER:
+            model = load_model(model)
+            model = prepare_for_inference(model) if prepare else model
+        config = comm.broadcast_obj(model.config.to_dict() if rank == SERVER else None, SERVER)
+        if rank != SERVER:
+            model = _zero_model(config)
+        return model
+    model = load_model(model)
+    model = prepare_for_inference(model) if prepare else model
+    _check_same_weights(model, rank, comm)
+    return model
+
+
+
 def forward_party(
     rank: int,
     model: ModelSource = None,
@@ -138,17 +161,7 @@ def forward_party(
         raise MpcgenError(f"reveal_to={reveal_to} is not a computing party (server {SERVER}, client {CLIENT})")
 
     # Public facts first: the architecture (from the weight owner) and the input lengths (from the client).
-    if weights == "private":
-        if rank == SERVER:
-            model = load_model(model)
-            model = prepare_for_inference(model) if prepare else model
-        config = comm.broadcast_obj(model.config.to_dict() if rank == SERVER else None, SERVER)
-        if rank != SERVER:
-            model = _zero_model(config)
-    else:
-        model = load_model(model)
-        model = prepare_for_inference(model) if prepare else model
-        _check_same_weights(model, rank, comm)
+    model = setup_model(rank, model, weights=weights, prepare=prepare)
     config = model.config
     if rank == CLIENT:
         _check_ids(input_ids, "input_ids", config.vocab_size)
@@ -166,9 +179,9 @@ def forward_party(
         meter.attach(model)
         with meter:
             with meter.section("embed"):  # the client shares its one-hot rows
-                one_hot = _share_one_hot(input_ids, shapes["input"], config.vocab_size, rank)
+                one_hot = share_one_hot(input_ids, shapes["input"], config.vocab_size, rank)
                 dec_one_hot = (None if shapes["decoder"] is None else
-                               _share_one_hot(decoder_input_ids, shapes["decoder"], config.vocab_size, rank))
+                               share_one_hot(decoder_input_ids, shapes["decoder"], config.vocab_size, rank))
             if config.arch == "encoder-decoder":
                 out = model(one_hot=one_hot, decoder_one_hot=dec_one_hot, use_cache=False)
             else:
@@ -207,7 +220,7 @@ def _check_ids(ids: torch.Tensor | None, name: str, vocab: int) -> None:
         raise MpcgenError(f"{name} has ids outside the vocabulary [0, {vocab})")
 
 
-def _share_one_hot(ids: torch.Tensor | None, shape: tuple[int, ...], vocab: int, rank: int) -> Any:
+def share_one_hot(ids: torch.Tensor | None, shape: tuple[int, ...], vocab: int, rank: int) -> Any:
     """Secret-share the client's one-hot rows (B, T, vocab); the other party passes nothing but the shape."""
     plain = ops.one_hot(ids, vocab) if rank == CLIENT else None
     return encrypt_input(plain, (*shape, vocab), src=CLIENT)
