@@ -29,7 +29,7 @@ from transformers import HfArgumentParser
 
 from mpcgen import distill as D
 from mpcgen import training as T
-from mpcgen.checkpoint import find_resume, read_json
+from mpcgen.checkpoint import check_resume_settings, find_resume
 from mpcgen.data import canonical_task, resolve_data_dir
 from mpcgen.errors import MpcgenError
 from mpcgen.models import PRESETS
@@ -166,15 +166,9 @@ def run(sargs: StudentArguments, largs: LossArguments, targs: TrainArguments) ->
     if targs.resume == "yes" and resume_dir is None:
         raise MpcgenError(f"--resume yes but {out}/resume holds no training state")
     if resume_dir is not None:
-        saved = read_json(resume_dir / "state.json")["args"]
-        diff = {k: (saved.get(k), all_args[k]) for k in RESUME_KEYS if saved.get(k) != all_args[k]}
-        if diff:
-            raise MpcgenError(f"{resume_dir} was written with different settings {diff} (saved, now): use another "
-                              "--out or --resume no to start over")
+        check_resume_settings(resume_dir, all_args, RESUME_KEYS)
 
-    from nlg.finetune import load_splits  # the stage-1 split logic (held-out validation for MultiWOZ)
-
-    train_ex, val_ex, train_split = load_splits(task, sargs.data_dir, sargs.holdout_percent)
+    train_ex, val_ex, train_split = T.load_splits(task, sargs.data_dir, sargs.holdout_percent)
     if sargs.limit_train:
         train_ex = train_ex[: sargs.limit_train]
     val_ex = val_ex[: sargs.limit_val]

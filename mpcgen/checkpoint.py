@@ -20,10 +20,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from mpcgen.errors import MpcgenError
 
 RESUME_DIR = "resume"
 
@@ -41,6 +43,15 @@ def write_json(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def check_resume_settings(resume_dir: Path, args: dict[str, Any], keys: Sequence[str]) -> None:
+    """Refuse to resume from ``resume_dir`` when any of ``keys`` differs from the arguments it was written with."""
+    saved = read_json(Path(resume_dir) / "state.json")["args"]
+    diff = {k: (saved.get(k), args[k]) for k in keys if saved.get(k) != args[k]}
+    if diff:
+        raise MpcgenError(f"{resume_dir} was written with different settings {diff} (saved, now): use another "
+                          "--out or --resume no to start over")
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ calibration / accounting helpers.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from mpcgen.data import load_examples
 from mpcgen.errors import MpcgenError
 from mpcgen.tokenization import IGNORE_INDEX, encode_for_training, prepare_tokenizer
 
@@ -241,6 +243,26 @@ def export_hf_model(model: nn.Module) -> PreTrainedModel:
 
 
 # -- data ---------------------------------------------------------------------------------------------------------
+
+
+def load_splits(task: str, data_dir: str | None, holdout_percent: float) -> tuple[list, list, str]:
+    """(train, validation, train split name). Tasks without a train split train on validation minus a holdout."""
+    try:
+        return load_examples(task, "train", data_dir), load_examples(task, "validation", data_dir), "train"
+    except MpcgenError as exc:
+        if "no train split" not in str(exc):
+            raise
+    rows = load_examples(task, "validation", data_dir)
+
+    # Hold out by a hash of the source so all references of one source fall on the same side.
+    def held(ex) -> bool:
+        return int(hashlib.md5(ex.source.encode()).hexdigest(), 16) % 10000 < holdout_percent * 100
+
+    train, val = [ex for ex in rows if not held(ex)], [ex for ex in rows if held(ex)]
+    logger.warning("%s has no train split: TRAINING ON 'validation' (%d examples), holding out %d (%.1f%% of sources) "
+                   "for the validation loss; evaluate on 'test' only", task, len(train), len(val), holdout_percent)
+    return train, val, "validation"
+
 
 
 def encode_examples(

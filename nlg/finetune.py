@@ -12,13 +12,11 @@ JSON summary.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -27,11 +25,12 @@ import torch
 import torch.distributed as dist
 from transformers import HfArgumentParser
 
-from mpcgen.data import canonical_task, load_examples, resolve_data_dir
+from mpcgen.data import canonical_task, resolve_data_dir
 from mpcgen.errors import MpcgenError
 from mpcgen.tokenization import TRUNCATIONS, train_bpe_tokenizer
 from mpcgen import training as T
 from mpcgen.trainer import Trainer, TrainPlan
+from mpcgen.training import load_splits
 
 logger = logging.getLogger("nlg.finetune")
 
@@ -104,25 +103,6 @@ def _dist() -> tuple[int, int]:
     return rank, world
 
 
-def load_splits(task: str, data_dir: Optional[str], holdout_percent: float) -> tuple[list, list, str]:
-    """(train, validation, train split name). Tasks without a train split train on validation minus a holdout."""
-    try:
-        return load_examples(task, "train", data_dir), load_examples(task, "validation", data_dir), "train"
-    except MpcgenError as exc:
-        if "no train split" not in str(exc):
-            raise
-    rows = load_examples(task, "validation", data_dir)
-
-    # Hold out by a hash of the source so all references of one source fall on the same side.
-    def held(ex) -> bool:
-        return int(hashlib.md5(ex.source.encode()).hexdigest(), 16) % 10000 < holdout_percent * 100
-
-    train, val = [ex for ex in rows if not held(ex)], [ex for ex in rows if held(ex)]
-    logger.warning("%s has no train split: TRAINING ON 'validation' (%d examples), holding out %d (%.1f%% of sources) "
-                   "for the validation loss; evaluate on 'test' only", task, len(train), len(val), holdout_percent)
-    return train, val, "validation"
-
-
 def build(margs: ModelArguments, max_length: int, train_texts: list[str], rank: int, world: int, resume_dir):
     """(model, tokenizer) from a resume state, a pretrained checkpoint, or from scratch."""
     spec = T.family_spec(margs.model)
@@ -161,18 +141,14 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
-    from mpcgen.checkpoint import find_resume, read_json
+    from mpcgen.checkpoint import check_resume_settings, find_resume
     resume_dir = find_resume(out) if targs.resume != "no" else None
     if targs.resume == "yes" and resume_dir is None:
         raise MpcgenError(f"--resume yes but {out}/resume holds no training state")
     all_args = {k: v for cls_args in (dargs, margs, targs, pargs) for k, v in dataclasses.asdict(cls_args).items()}
     all_args.update(task=task, data_dir=str(resolve_data_dir(dargs.data_dir)), dp_enabled=pargs.dp)
     if resume_dir is not None:
-        saved = read_json(resume_dir / "state.json")["args"]
-        diff = {k: (saved.get(k), all_args[k]) for k in RESUME_KEYS if saved.get(k) != all_args[k]}
-        if diff:
-            raise MpcgenError(f"{resume_dir} was written with different settings {diff} (saved, now): use another "
-                              "--out or --resume no to start over")
+        check_resume_settings(resume_dir, all_args, RESUME_KEYS)
 
     train_ex, val_ex, train_split = load_splits(task, dargs.data_dir, dargs.holdout_percent)
     if dargs.limit_train:

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from mpcgen.checkpoint import write_json
 from mpcgen.errors import MpcgenError
 
 GEOMETRIES = {
@@ -83,8 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = {"records": records}
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(out, fh, indent=2)
+        write_json(args.out, out)
     print(json.dumps(out))
     return 0
 

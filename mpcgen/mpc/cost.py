@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
+from mpcgen.checkpoint import write_json
 from mpcgen.errors import MpcgenError
 from mpcgen.mpc.encrypt import WEIGHT_MODES
 from mpcgen.mpc.launch import CLIENT, DEFAULT_TIMEOUT_S, PROVIDERS, SERVER, run_parties
@@ -131,8 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "groups": report.groups, "parties": [dataclasses.asdict(p) for p in report.parties],
     }
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(record, fh, indent=2)
+        write_json(args.json, record)
     print(json.dumps(record))
     return 0
 

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import torch
 
+from mpcgen.checkpoint import write_json
 from mpcgen.errors import MpcgenError
 from mpcgen.mpc.encrypt import WEIGHT_MODES
 from mpcgen.mpc.launch import CLIENT, DEFAULT_TIMEOUT_S, PROVIDERS, ROLES, init_party, role_rank, serve_dealer, \
@@ -110,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info("wall %.2f s, %d online rounds, %.3f MB online, %.3f MB dealer", cost["wall_s"], cost["rounds"],
                     cost["online_bytes"] / 1e6, cost["dealer_bytes"] / 1e6)
         if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(result, fh, indent=2)
+            write_json(args.json, result)
         print(json.dumps(result))
     return 0
 
