@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="er (Embedding Resending) or tokens (vanilla); default er for ER-trained models")
     parser.add_argument("--provider", choices=("ttp", "tfp"), default="ttp", help="correlated randomness (ttp)")
     parser.add_argument("--weights", choices=("private", "public"), default="private", help="weight mode")
+    parser.add_argument("--fixed-weights", choices=("on", "off"), default="on",
+                        help="private weights: open each weight's mask once per session (on, default) or use a "
+                             "fresh Beaver triple per product (off); the server's choice is used")
     parser.add_argument("--plaintext", action="store_true", help="run the same model and decoding without MPC")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
@@ -88,7 +91,7 @@ def run_local(args: argparse.Namespace) -> list[Any]:
     if args.plaintext:
         return generate_plain(args.model, prompts, **common)
     return generate_private(args.model, prompts, provider=args.provider, weights=args.weights,
-                            timeout=args.timeout, rendezvous=args.rendezvous, **common)
+                            fixed_weights=args.fixed_weights == "on", timeout=args.timeout, rendezvous=args.rendezvous, **common)
 
 
 def run_role(args: argparse.Namespace) -> list[Any] | None:
@@ -126,7 +129,8 @@ def run_role(args: argparse.Namespace) -> list[Any] | None:
             serve_dealer()
             return None
         out = generation_party(rank, model, ids, max_new_tokens=args.max_new_tokens, decoding=args.decoding,
-                               weights=args.weights, batch_size=args.batch_size,
+                               weights=args.weights, fixed_weights=args.fixed_weights == "on",
+                               batch_size=args.batch_size,
                                progress=args.role == "client" and not args.no_progress)
     finally:
         shutdown_party()
@@ -160,7 +164,8 @@ def summary_line(result: Any) -> str:
     return (f"[mpc {s.decoding} {s.provider} {s.weights}] {s.new_tokens} tokens (batch {s.batch_size}): "
             f"{per['seconds']:.2f} s, {per['rounds']:.0f} rounds, {per['bytes'] / 1e6:.2f} MB online, "
             f"{per['dealer_bytes'] / 1e6:.2f} MB dealer per token; total {s.wall_s:.1f} s, {s.rounds} rounds, "
-            f"{s.bytes / 1e6:.1f} MB online, {s.dealer_bytes / 1e6:.1f} MB dealer")
+            f"{s.bytes / 1e6:.1f} MB online, {s.dealer_bytes / 1e6:.1f} MB dealer; session setup {s.setup_s:.1f} s, "
+            f"{s.setup_rounds} rounds, {s.setup_bytes / 1e6:.1f} MB" + (" (fixed weights)" if s.fixed_weights else ""))
 
 
 def one_line(message: str) -> str:

@@ -239,7 +239,7 @@ def test_client_error_stops_the_server_cleanly(teacher_dir) -> None:
 # ------------------------------------------------------------------------------------------------------ failures
 
 
-def _party_pids(launcher: psutil.Process, want: int, timeout: float = 60.0) -> list[psutil.Process]:
+def _party_pids(launcher: psutil.Process, want: int, timeout: float = 180.0) -> list[psutil.Process]:
     """The party processes under the launcher (children of its fork server), oldest (rank 0) first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

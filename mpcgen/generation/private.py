@@ -14,6 +14,10 @@ Who learns what (DESIGN section 1), and where the code enforces it:
 * The loop always runs ``max_new_tokens`` steps (:mod:`mpcgen.generation.loop`), so the output length stays with
   the client.
 
+Fixed weights: with ``private`` weights the server's weights are set up once per session with the fixed-operand
+protocol (:mod:`mpcgen.mpc.fixed`, on unless ``fixed_weights=False``): each weight's mask is opened once, metered as
+the session's **setup** (``GenerationStats.setup_*``), and every later product opens only the activation's mask.
+
 Batching: ONE session secret-shares the weights once and runs every prompt. Prompts of equal length run together
 as one batch (up to ``batch_size``): a batch pays the rounds of one prompt. Prompts of different lengths are not
 padded into one batch, because a batch's rows share their positions (padding would change the output); they run one
@@ -40,12 +44,6 @@ from mpcgen.generation.loop import Hooks, check_decoding, default_decoding, gree
 logger = logging.getLogger(__name__)
 
 MARK_FIELDS = ("seconds", "rounds", "bytes", "dealer_rounds", "dealer_bytes")
-# Newton iterations of CrypTen's inverse square root (LayerNorm / RMSNorm) during generation, at least. Greedy
-# decoding turns any logit error near a tie into a different continuation, and the launcher's 6 iterations are
-# accurate only for variances in ~[1e-2, 1e2]: a scratch-trained GPT-2's first LayerNorm sees ~1e-3 (small token
-# embeddings), which put ~1.1 of error on its logits and changed 9 of 24 greedy outputs (8 tokens). 12 iterations
-# are accurate down to ~3e-4 and made all 24 equal to plaintext, for ~4 more rounds per norm.
-GENERATION_SQRT_NR_ITERS = 12
 
 
 # ------------------------------------------------------------------------------------------------ result types
@@ -88,6 +86,13 @@ class GenerationStats:
     per_token_rounds: list[int] = field(default_factory=list)
     per_token_bytes: list[float] = field(default_factory=list)
     per_token_dealer_bytes: list[float] = field(default_factory=list)
+    # Once per session (weight sharing and, with fixed weights, the masks' openings), shared by every prompt of
+    # the run and not part of the figures above.
+    fixed_weights: bool = False
+    setup_s: float = 0.0
+    setup_rounds: int = 0
+    setup_bytes: float = 0.0
+    setup_dealer_bytes: float = 0.0
     groups: dict[str, dict[str, float]] = field(default_factory=dict)  # per op group (CostReport.groups)
     projected_s: dict[str, float] = field(default_factory=dict)  # LAN / WAN projections of wall_s
 
@@ -233,6 +238,7 @@ def generation_party(
     max_new_tokens: int = 32,
     decoding: str | None = None,
     weights: str = "private",
+    fixed_weights: bool = True,
     prepare: bool = True,
     batch_size: int = 8,
     progress: bool = False,
@@ -248,6 +254,8 @@ def generation_party(
         decoding: ``"tokens"``, ``"er"`` or None (``er`` for a model trained with ER, else ``tokens``); the
             client's choice is announced.
         weights: ``"private"`` or ``"public"`` (both parties must agree).
+        fixed_weights: with ``private`` weights, open each weight's mask once for the session
+            (:mod:`mpcgen.mpc.fixed`); the server's choice is announced and used by both parties.
         prepare: merge / freeze the model to its inference form first.
         batch_size: the client's most prompts per batch (prompts of equal length run together).
         progress: show a tqdm bar over generated tokens (client only).
@@ -271,25 +279,20 @@ def generation_party(
     if rank != CLIENT and prompts is not None:
         raise MpcgenError(f"rank {rank} was given prompts, but only the client (rank {CLIENT}) holds them")
 
-    saved_iters = crypten.cfg.functions.sqrt_nr_iters
-    # Both parties run this function, so they agree on the setting; restored on the way out.
-    crypten.cfg.functions.sqrt_nr_iters = max(saved_iters, GENERATION_SQRT_NR_ITERS)
-    try:
-        return _session(rank, model, prompts, max_new_tokens=max_new_tokens, decoding=decoding, weights=weights,
-                        prepare=prepare, batch_size=batch_size, progress=progress)
-    finally:
-        crypten.cfg.functions.sqrt_nr_iters = saved_iters
+    return _session(rank, model, prompts, max_new_tokens=max_new_tokens, decoding=decoding, weights=weights,
+                    fixed_weights=fixed_weights, prepare=prepare, batch_size=batch_size, progress=progress)
 
 
 def _session(rank: int, model: ModelLike | None, prompts: Sequence[Sequence[int]] | None, *, max_new_tokens: int,
-             decoding: str | None, weights: str, prepare: bool, batch_size: int, progress: bool) -> PartyGeneration:
+             decoding: str | None, weights: str, fixed_weights: bool, prepare: bool, batch_size: int,
+             progress: bool) -> PartyGeneration:
     """The body of :func:`generation_party`."""
     from tqdm.auto import tqdm
 
     from mpcgen.mpc.compat import crypten
     from mpcgen.mpc.encrypt import encrypt_model
     from mpcgen.mpc.launch import CLIENT, SERVER
-    from mpcgen.mpc.meter import CostMeter, CostReport, GroupCost, PartyCost
+    from mpcgen.mpc.meter import CostMeter, CostReport
     from mpcgen.mpc.runtime import setup_model, share_one_hot
 
     comm = crypten.communicator.get()
@@ -310,6 +313,7 @@ def _session(rank: int, model: ModelLike | None, prompts: Sequence[Sequence[int]
         except MpcgenError as err:
             plan = {"error": str(err)}
     plan = comm.broadcast_obj(plan, CLIENT)
+    fixed = weights == "private" and comm.broadcast_obj(bool(fixed_weights) if rank == SERVER else None, SERVER)
     if "error" in plan:
         raise MpcgenError(plan["error"] if rank == CLIENT else f"the client stopped before generating: {plan['error']}")
     check_decoding(plan["decoding"], config)  # the server checks the client's choice against its model too
@@ -322,7 +326,10 @@ def _session(rank: int, model: ModelLike | None, prompts: Sequence[Sequence[int]
     reports: list[Any] = [None] * n_prompts
     costs: list[Any] = []
     with torch.no_grad(), crypten.no_grad():
-        model = encrypt_model(model, weights=weights, src=SERVER)  # once for every batch
+        setup_meter = CostMeter()
+        with setup_meter, setup_meter.section("setup"):  # once for every batch
+            model = encrypt_model(model, weights=weights, src=SERVER, fixed=fixed)
+        setup = setup_meter.result()
         meter = CostMeter().attach(model)
         bar = tqdm(total=n_prompts * steps, desc=f"private generation ({chosen})", unit="tok",
                    disable=not (progress and rank == CLIENT))
@@ -340,16 +347,20 @@ def _session(rank: int, model: ModelLike | None, prompts: Sequence[Sequence[int]
                 costs.append(cost)
                 # After the metered run: the server sends its counters (plain numbers) for the joint report.
                 if rank == SERVER:
-                    comm.send_obj({"cost": dataclasses.asdict(cost), "marks": hooks.marks}, CLIENT)
+                    comm.send_obj({"cost": dataclasses.asdict(cost), "marks": hooks.marks,
+                                   "setup": dataclasses.asdict(setup)}, CLIENT)
                     continue
                 other = comm.recv_obj(SERVER)
-                other_cost = PartyCost(rank=other["cost"]["rank"], wall_s=other["cost"]["wall_s"],
-                                       groups={k: GroupCost(**v) for k, v in other["cost"]["groups"].items()})
-                report = CostReport.from_parties([other_cost, cost], provider=provider)
+                report = CostReport.from_parties([_party_cost(other["cost"]), cost], provider=provider)
+                setup_report = CostReport.from_parties([_party_cost(other["setup"]), setup], provider=provider)
                 phases = _combine_intervals([_intervals(other["marks"]), _intervals(hooks.marks)])
                 batch_stats = _make_stats(phases, mode="mpc", decoding=chosen, preset=config.preset,
                                           provider=provider, weights=weights, prompt_tokens=length, batch_size=size,
                                           report=report)
+                batch_stats.fixed_weights = fixed
+                batch_stats.setup_s, batch_stats.setup_rounds = setup_report.wall_s, setup_report.rounds
+                batch_stats.setup_bytes, batch_stats.setup_dealer_bytes = (setup_report.online_bytes,
+                                                                           setup_report.dealer_bytes)
                 for row, i in enumerate(batches[b]):
                     tokens[i], stats[i], reports[i] = out[row].tolist(), batch_stats, report
         finally:
@@ -358,6 +369,14 @@ def _session(rank: int, model: ModelLike | None, prompts: Sequence[Sequence[int]
     if rank != CLIENT:
         return PartyGeneration(rank=rank, costs=costs)
     return PartyGeneration(rank=rank, costs=costs, tokens=tokens, stats=stats, reports=reports)
+
+
+def _party_cost(data: dict[str, Any]) -> Any:
+    """A :class:`~mpcgen.mpc.meter.PartyCost` from its ``dataclasses.asdict`` form (sent by the server)."""
+    from mpcgen.mpc.meter import GroupCost, PartyCost
+
+    return PartyCost(rank=data["rank"], wall_s=data["wall_s"],
+                     groups={k: GroupCost(**v) for k, v in data["groups"].items()})
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -415,6 +434,7 @@ def generate_private(
     decoding: str | None = None,
     provider: str = "ttp",
     weights: str = "private",
+    fixed_weights: bool = True,
     timeout: float = 600.0,
     tokenizer: Any = None,
     preset: str = "vanilla",
@@ -433,6 +453,9 @@ def generate_private(
             default ``er`` for a model trained with ER, else ``tokens``.
         provider: ``"ttp"`` (a dealer process; the default) or ``"tfp"`` (insecure; benchmark parity).
         weights: ``"private"`` (the server secret-shares its weights) or ``"public"`` (both parties hold them).
+        fixed_weights: ``private`` only: open each weight's mask once per session and reuse it for every product
+            (:mod:`mpcgen.mpc.fixed`; setup reported apart as ``stats.setup_*``); ``False``: a fresh Beaver triple
+            per product, CrypTen's default.
         timeout: seconds for the whole run (then every process is stopped and an error raised).
         tokenizer: a tokenizer or its folder (default: the one saved with the model).
         preset: the preset a teacher folder is imported into.
@@ -469,7 +492,7 @@ def generate_private(
         check_rendezvous(rendezvous, SERVER)  # a port in use is a one-line error here, before any process starts
     bare = _without_tokenizer(model)
     fn = functools.partial(generation_party, max_new_tokens=max_new_tokens, decoding=decoding, weights=weights,
-                           batch_size=batch_size, progress=progress)
+                           fixed_weights=fixed_weights, batch_size=batch_size, progress=progress)
     results = run_parties(fn, provider=provider, timeout=timeout, rendezvous=rendezvous,
                           party_args={SERVER: (bare,), CLIENT: (bare if weights == "public" else None, ids)})
     client = results[CLIENT]

@@ -48,7 +48,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def cost_party(rank: int, config_dict: dict, tokens: int, decoder_tokens: int | None, weights: str,
-               seed: int) -> Any:
+               seed: int, fixed_weights: bool = True) -> Any:
     """One party: the server (and, with public weights, the client) builds the random model from ``seed``; the
     client draws random ids."""
     from mpcgen.models import ModelConfig, build_model
@@ -65,7 +65,7 @@ def cost_party(rank: int, config_dict: dict, tokens: int, decoder_tokens: int | 
         if decoder_tokens:
             dec_ids = torch.randint(0, config_dict["vocab_size"], (1, decoder_tokens), generator=gen)
     start = time.perf_counter()
-    out = forward_party(rank, model, ids, dec_ids, weights=weights)
+    out = forward_party(rank, model, ids, dec_ids, weights=weights, fixed_weights=fixed_weights)
     logging.getLogger(__name__).info("rank %d: forward pass %.1f s", rank, time.perf_counter() - start)
     out.logits = None  # the figures are what we want; keep the result small
     return out
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoder-tokens", type=int, default=None, help="encoder-decoders (default: --tokens)")
     parser.add_argument("--weights", default="private", choices=WEIGHT_MODES)
     parser.add_argument("--provider", default="ttp", choices=sorted(PROVIDERS))
+    parser.add_argument("--fixed-weights", default="on", choices=("on", "off"),
+                        help="private weights: open each weight's mask once (setup group) instead of a fresh "
+                             "Beaver triple per product (mpcgen.mpc.fixed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S * 6)
     parser.add_argument("--json", default=None, help="also write the JSON record to this file")
@@ -115,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dec_tokens = (args.decoder_tokens or args.tokens) if args.arch == "encoder-decoder" else None
         start = time.perf_counter()
         server, client = run_parties(cost_party, provider=args.provider, timeout=args.timeout,
-                                     args=(config.to_dict(), args.tokens, dec_tokens, args.weights, args.seed))
+                                     args=(config.to_dict(), args.tokens, dec_tokens, args.weights, args.seed,
+                                           args.fixed_weights == "on"))
         elapsed = time.perf_counter() - start
     except MpcgenError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -126,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "preset": args.preset, "arch": config.arch, "family": config.family, "layers": config.n_layer,
         "encoder_layers": config.n_encoder_layer, "d_model": config.n_embd, "heads": config.n_head,
         "vocab": config.vocab_size, "tokens": args.tokens, "decoder_tokens": dec_tokens, "weights": args.weights,
-        "provider": args.provider, "seconds": report.wall_s, "launch_seconds": elapsed,
+        "fixed_weights": args.weights == "private" and args.fixed_weights == "on", "provider": args.provider, "seconds": report.wall_s, "launch_seconds": elapsed,
         "rounds": report.rounds, "online_bytes": report.online_bytes, "dealer_rounds": report.dealer_rounds,
         "dealer_bytes": report.dealer_bytes, "projected_s": {name: report.projected(name) for name in NETWORKS},
         "groups": report.groups, "parties": [dataclasses.asdict(p) for p in report.parties],

@@ -5,6 +5,8 @@ Both parties build the same architecture from the public config; only the server
 ``crypten.cryptensor(param, src=SERVER)`` attribute, so the unchanged forward runs on secret shares. Sharing from a
 source costs no communication (CrypTen masks with pseudo-random zero shares). ``public`` weights: the parameters
 stay plain torch tensors on both parties (SPRINT's setting), and products with them need no communication.
+``private`` with ``fixed=True`` (the default) then opens each weight's mask once for the session
+(:mod:`mpcgen.mpc.fixed`), so products with weights open only the activations' masks.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from mpcgen.errors import MpcgenError
 from mpcgen.mpc.compat import crypten
+from mpcgen.mpc.fixed import fix_weight
 from mpcgen.mpc.launch import CLIENT, SERVER
 
 logger = logging.getLogger(__name__)
@@ -31,7 +34,7 @@ def check_weights_mode(weights: str) -> str:
     return weights
 
 
-def encrypt_model(model: nn.Module, *, weights: str, src: int = SERVER) -> nn.Module:
+def encrypt_model(model: nn.Module, *, weights: str, src: int = SERVER, fixed: bool = True) -> nn.Module:
     """Prepare ``model`` (in place) for an encrypted forward pass; every party calls this in the same order.
 
     Args:
@@ -39,6 +42,9 @@ def encrypt_model(model: nn.Module, *, weights: str, src: int = SERVER) -> nn.Mo
         weights: ``"private"`` (the ``src`` party secret-shares every parameter) or ``"public"`` (all parties hold
             the same plaintext weights; the input alone is secret).
         src: the rank that owns the weights.
+        fixed: with ``private`` weights, run the fixed-operand setup (:func:`mpcgen.mpc.fixed.fix_weight`) on every
+            weight: one opening of ``W - B`` per weight now, and products with it open only the activation's mask.
+            ``False``: CrypTen's fresh Beaver triple per product (both operands' masks opened every time).
 
     Returns:
         The same module, in eval mode, without autograd. Private: parameters replaced by ``MPCTensor`` attributes.
@@ -56,10 +62,14 @@ def encrypt_model(model: nn.Module, *, weights: str, src: int = SERVER) -> nn.Mo
             # Other parties pass zeros: only the shape of their tensor is read, and nothing of theirs may leak in.
             value = param.detach() if rank == src else torch.zeros_like(param, requires_grad=False)
             del module._parameters[name]
-            setattr(module, name, crypten.cryptensor(value, src=src))
+            shared = crypten.cryptensor(value, src=src)
+            if fixed:
+                fix_weight(shared)
+            setattr(module, name, shared)
             n_tensors += 1
             n_values += param.numel()
-    logger.info("rank %d: %d weight tensors (%d values) secret-shared from rank %d", rank, n_tensors, n_values, src)
+    logger.info("rank %d: %d weight tensors (%d values) secret-shared from rank %d%s", rank, n_tensors, n_values, src,
+                " with fixed masks" if fixed else "")
     return model
 
 

@@ -134,6 +134,7 @@ def forward_party(
     weights: str = "private",
     reveal_to: int = CLIENT,
     prepare: bool = True,
+    fixed_weights: bool = True,
 ) -> PartyForward:
     """One party's side of an encrypted forward pass; call inside an initialised party (see :mod:`.launch`).
 
@@ -147,6 +148,9 @@ def forward_party(
         weights: ``"private"`` or ``"public"``.
         reveal_to: the rank that learns the logits.
         prepare: merge / freeze the model to its inference form first (:func:`prepare_for_inference`).
+        fixed_weights: ``private`` only: the fixed-operand setup per weight (:mod:`mpcgen.mpc.fixed`), metered as
+            the ``setup`` group. One forward pass uses each weight once, so it pays the masks' openings without
+            reusing them; generation sessions are where it pays off. Both parties must pass the same value.
 
     Returns:
         :class:`PartyForward`; ``logits`` is ``None`` on every rank but ``reveal_to``.
@@ -175,9 +179,10 @@ def forward_party(
 
     meter = CostMeter()
     with torch.no_grad(), crypten.no_grad():
-        model = encrypt_model(model, weights=weights, src=SERVER)
         meter.attach(model)
         with meter:
+            with meter.section("setup"):
+                model = encrypt_model(model, weights=weights, src=SERVER, fixed=fixed_weights)
             with meter.section("embed"):  # the client shares its one-hot rows
                 one_hot = share_one_hot(input_ids, shapes["input"], config.vocab_size, rank)
                 dec_one_hot = (None if shapes["decoder"] is None else
@@ -251,6 +256,7 @@ def private_forward(
     reveal_to: int = CLIENT,
     prepare: bool = True,
     timeout: float = DEFAULT_TIMEOUT_S,
+    fixed_weights: bool = True,
 ) -> ForwardResult:
     """Run one encrypted forward pass over local processes (server, client, and the dealer for ``ttp``).
 
@@ -264,6 +270,7 @@ def private_forward(
         reveal_to: the rank that learns the logits (the client; anything else breaks the threat model).
         prepare: merge / freeze to the inference form first.
         timeout: seconds for the whole run.
+        fixed_weights: ``private`` only: fixed-operand weights (see :func:`forward_party`).
 
     Returns:
         :class:`ForwardResult` with the logits the client learned and the cost report over both parties.
@@ -276,7 +283,8 @@ def private_forward(
     check_provider(provider)
     if reveal_to != CLIENT:
         logger.warning("revealing logits to rank %d, not the client: outside the threat model", reveal_to)
-    fn = functools.partial(forward_party, weights=weights, reveal_to=reveal_to, prepare=prepare)
+    fn = functools.partial(forward_party, weights=weights, reveal_to=reveal_to, prepare=prepare,
+                           fixed_weights=fixed_weights)
     client_model = model_or_dir if weights == "public" else None
     results = run_parties(fn, provider=provider, timeout=timeout,
                           party_args={SERVER: (model_or_dir,), CLIENT: (client_model, input_ids, decoder_input_ids)})
