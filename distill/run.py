@@ -2,6 +2,10 @@
 
     python -m distill.run --teacher stage1_ckpts/e2e_nlg-gpt2 --preset merge --max-minutes 30
     python -m distill.run --teacher T --preset mpcformer --constant-attention-layers 2,3 --max-steps 2000
+    python -m distill.run --teacher stage1_ckpts/e2e_nlg-t5 --preset mpcformer --max-minutes 20
+
+Teachers: GPT-2, T5 and BART (encoder-decoder students train their encoder on the source and everything
+generation-related, ER included, on the decoder side).
 
 The student starts from the teacher's weights (``import_hf(teacher, preset=...)``) and trains on the teacher's task
 with the losses of :mod:`mpcgen.distill` (each weight a flag; unset flags take the preset's recipe). Output folder
@@ -50,7 +54,8 @@ class StudentArguments:
     limit_val: int = field(default=500, metadata={"help": "validation examples for the validation objective"})
     holdout_percent: float = field(default=5.0, metadata={"help": "tasks without a train split: held-out percent"})
     constant_attention_layers: Optional[str] = field(default=None, metadata={
-        "help": "layers with constant attention: all | none | comma-separated indices (default: the preset's)"})
+        "help": "layers with constant attention: all | none | comma-separated indices (default: the preset's); "
+                "encoder-decoders: decoder layers (self- and cross-attention), the encoder keeps the preset's"})
     attention: Optional[str] = field(default=None, metadata={
         "help": "content-dependent attention of the other layers (default: the preset's, or 2quad)"})
     constant_init: str = field(default="teacher", metadata={
@@ -113,20 +118,18 @@ def _resend_norm(sargs: StudentArguments) -> str:
 
 def _init_from_teacher(student, sargs: StudentArguments, rows: list, collate) -> None:
     """Start constant attention and affine norms from the teacher's statistics on the first training rows."""
-    from transformers import AutoModelForCausalLM
-
-    constant = sargs.constant_init == "teacher" and any(b.attn.core.is_constant for b in student.stack.blocks)
+    constant = sargs.constant_init == "teacher" and D.has_constant_attention(student)
     norms = sargs.norm_init == "teacher" and student.config.norm in ("affine", "centered")
     if not (constant or norms):
         return
-    hf = AutoModelForCausalLM.from_pretrained(sargs.teacher, attn_implementation="eager")
+    hf = D.load_hf_teacher(sargs.teacher)
     rows = rows[: sargs.teacher_init_examples]
     stats = D.teacher_statistics(hf, [collate(rows[i:i + 32]) for i in range(0, len(rows), 32)])
     if constant:
-        logger.info("constant attention of %d layers set from the teacher's mean attention over %d examples",
+        logger.info("%d constant attentions set from the teacher's mean attention over %d examples",
                     D.init_constant_attention(student, stats), len(rows))
     if norms:
-        logger.info("%d %s norms calibrated to the teacher's LayerNorm input statistics over %d examples",
+        logger.info("%d %s norms calibrated to the teacher's norm input statistics over %d examples",
                     D.init_affine_norms(student, stats), student.config.norm, len(rows))
 
 
@@ -154,6 +157,7 @@ def run(sargs: StudentArguments, largs: LossArguments, targs: TrainArguments) ->
     student = D.build_student(sargs.teacher, sargs.preset, constant_layers=sargs.constant_attention_layers,
                               attention=sargs.attention, resend_norm=resend_norm)
     family = student.config.family
+    encoder_decoder = student.config.arch == "encoder-decoder"
     out = Path(targs.out or f"stage2_ckpts/{task}-{family}-{sargs.preset}")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -161,7 +165,7 @@ def run(sargs: StudentArguments, largs: LossArguments, targs: TrainArguments) ->
     all_args.update(task=task, teacher=str(sargs.teacher), model=family, max_length=max_length,
                     resend_norm=resend_norm, attention_layers=student.config.attention_layers,
                     loss=D.weights_dict(weights), data_dir=str(resolve_data_dir(sargs.data_dir)),
-                    is_encoder_decoder=student.config.arch == "encoder-decoder", teacher_training_args=teacher_args)
+                    is_encoder_decoder=encoder_decoder, teacher_training_args=teacher_args)
     resume_dir = find_resume(out) if targs.resume != "no" else None
     if targs.resume == "yes" and resume_dir is None:
         raise MpcgenError(f"--resume yes but {out}/resume holds no training state")
@@ -176,8 +180,8 @@ def run(sargs: StudentArguments, largs: LossArguments, targs: TrainArguments) ->
     if tokenizer is None:
         raise MpcgenError(f"--teacher {sargs.teacher} holds no tokenizer files; the student needs the teacher's")
     TRUNCATIONS.clear()
-    train_rows = T.encode_examples(tokenizer, train_ex, is_encoder_decoder=False, max_length=max_length)
-    val_rows = T.encode_examples(tokenizer, val_ex, is_encoder_decoder=False, max_length=max_length)
+    train_rows = T.encode_examples(tokenizer, train_ex, is_encoder_decoder=encoder_decoder, max_length=max_length)
+    val_rows = T.encode_examples(tokenizer, val_ex, is_encoder_decoder=encoder_decoder, max_length=max_length)
     if TRUNCATIONS:
         logger.warning("truncated to --max-length %d: %s", max_length, dict(TRUNCATIONS))
 
@@ -210,7 +214,7 @@ def run(sargs: StudentArguments, largs: LossArguments, targs: TrainArguments) ->
     hooks = TrainHooks(loss=distiller.loss, val_loss=distiller.val_loss, resume_config=student.config,
                        param_groups=functools.partial(D.param_groups, reciprocal_lr_scale=sargs.reciprocal_lr_scale))
     trainer = Trainer(student, tokenizer, train_rows, val_rows, plan, out=out, rank=0, world=1,
-                      is_encoder_decoder=False, training_args=training_args, hooks=hooks)
+                      is_encoder_decoder=encoder_decoder, training_args=training_args, hooks=hooks)
     # The imported student's objective, so a run shows what distillation gained (not repeated on resume).
     initial = distiller.val_loss(student, trainer.val_batches) if resume_dir is None else None
     if initial is not None:

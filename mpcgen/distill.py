@@ -1,22 +1,27 @@
 """Stage 2 library: build a student from a fine-tuned teacher and the losses that distil the teacher into it.
 
+Teachers: GPT-2 (decoder-only), T5 and BART (encoder-decoder), through one code path: :class:`Layout` says what the
+decoder side of a training batch is (decoder-only: the whole sequence; encoder-decoder: the labels shifted right
+behind ``decoder_start_token_id``, with the source as encoder input), and everything below works on it.
+
 * :func:`build_student`: ``import_hf(teacher, preset)`` plus the per-layer attention choice and the ER resend norm;
-  from :func:`teacher_statistics`, :func:`init_constant_attention` starts constant attention from the teacher's mean
-  attention maps and :func:`init_affine_norms` calibrates affine norms to the LayerNorms they replace.
+  from :func:`teacher_statistics`, :func:`init_constant_attention` starts constant attention (decoder self-, encoder
+  self- and cross-attention) from the teacher's mean attention maps and :func:`init_affine_norms` calibrates affine
+  norms to the norms they replace (LayerNorm; T5's RMSNorm).
 * :class:`Distiller`: the training objective (hooked into :class:`mpcgen.trainer.Trainer`)::
 
       L = (1 - lam) * (w_ce CE + w_kl KL_T + w_hid MSE) + lam * (1 - cos(r(h_t), E(x_{t+1})))
 
-  CE on the target tokens; KL to the teacher's logits at temperature T (times T^2); hidden-state MSE per layer,
-  each layer's MSE divided by the teacher state's mean square (deep GPT-2 residual streams are large, so raw MSE
-  would drown the rest); ``lam`` > 0 only for Embedding Resending (ER) students, where ``r`` is the model's
-  ``resend_token`` (resend norm) and ``E(x)`` the (detached) token embedding of the next input.
+  CE on the target tokens; KL to the teacher's logits at temperature T (times T^2); hidden-state MSE per layer
+  (encoder and decoder layers of encoder-decoders), each layer's MSE divided by the teacher state's mean square
+  (deep GPT-2 residual streams are large, so raw MSE would drown the rest); ``lam`` > 0 only for Embedding Resending
+  (ER) students, where ``r`` is the model's ``resend_token`` (resend norm) and ``E(x_{t+1})`` the (detached) token
+  embedding of the token state t predicts, i.e. of the next decoder input.
   ER training also perturbs the input embeddings of generated positions (uniform noise of amplitude
   ``er_noise`` times the embedding table's RMS, then dropout ``er_dropout``) and can train on unrolled resent states
-  (``er_unroll`` extra passes: scheduled sampling in embedding space, see :meth:`Distiller.er_inputs`).
+  (``er_unroll`` extra passes: scheduled sampling in embedding space, see :meth:`Distiller.er_inputs`); all of it on
+  the decoder side, the encoder always reads the source tokens.
 * :func:`load_student`: load a student checkpoint, refusing a different preset than expected.
-
-Only decoder-only (GPT-2) teachers are distilled here so far; encoder-decoder ones are refused with a message.
 """
 
 from __future__ import annotations
@@ -35,11 +40,17 @@ from torch import nn
 
 from mpcgen.errors import MpcgenError
 from mpcgen.models import PRESETS, from_pretrained, import_hf
+from mpcgen.models import hf as hf_import
+from mpcgen.models.decoder import token_input
+from mpcgen.models.layers import AttentionCore
+from mpcgen.student_decoding import decoder_forward
 from mpcgen.tokenization import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
-DISTILL_ARCHS = ("gpt2",)  # HF model_type values whose students this module can train
+# HF model_type of the teachers distilled here -> their config field counting decoder layers (the layers
+# --constant-attention-layers indexes).
+DISTILL_ARCHS: dict[str, str] = {"gpt2": "n_layer", "t5": "num_decoder_layers", "bart": "decoder_layers"}
 # Entries of M for keys a query never sees: exp(-20) ~ 2e-9, so softmax over ALL columns (DESIGN section 4) leaves
 # the visible entries' mass ~1 even with 1024 positions.
 MASKED_LOGIT = -20.0
@@ -116,16 +127,40 @@ def read_teacher(teacher_dir: str | Path) -> dict[str, Any]:
         raise MpcgenError(f"--teacher {path}: no config.json; pass a stage-1 checkpoint folder (nlg.finetune --out)")
     if not (path / "training_args.json").is_file():
         raise MpcgenError(f"--teacher {path}: no training_args.json; pass a stage-1 checkpoint folder")
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    if model_type not in DISTILL_ARCHS:
-        raise MpcgenError(f"--teacher {path} is a {model_type!r} model; distillation supports {list(DISTILL_ARCHS)} "
-                          "teachers so far (encoder-decoder students are not implemented in stage 2 yet)")
+    _check_arch(path, json.loads((path / "config.json").read_text()).get("model_type"))
     return json.loads((path / "training_args.json").read_text())
+
+
+def _check_arch(teacher_dir: str | Path, model_type: Any) -> None:
+    if model_type not in DISTILL_ARCHS:
+        raise MpcgenError(f"--teacher {teacher_dir} is a {model_type!r} model; distillation supports "
+                          f"{sorted(DISTILL_ARCHS)} teachers")
+
+
+def decoder_layer_count(teacher_dir: str | Path) -> int:
+    """Decoder layers of the teacher in ``teacher_dir`` (all its layers for GPT-2)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(teacher_dir, local_files_only=True)
+    _check_arch(teacher_dir, config.model_type)
+    return int(getattr(config, DISTILL_ARCHS[config.model_type]))
+
+
+def load_hf_teacher(teacher_dir: str | Path) -> nn.Module:
+    """The stage-1 teacher as its Hugging Face model with eager attention (so it returns attention maps), eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    config = AutoConfig.from_pretrained(teacher_dir, local_files_only=True)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    return auto.from_pretrained(teacher_dir, attn_implementation="eager", local_files_only=True).eval()
 
 
 def attention_layers(preset: str, n_layer: int, constant_layers: str | None, attention: str | None) -> list[str] | None:
     """Per-layer attention kinds from ``--constant-attention-layers`` (``all``, ``none`` or ``2,3``) and
-    ``--attention`` (the content-dependent kind elsewhere); None when the preset's uniform choice stands."""
+    ``--attention`` (the content-dependent kind elsewhere); None when the preset's uniform choice stands.
+
+    Layers are decoder layers; in an encoder-decoder a layer's kind covers its self- and cross-attention, and the
+    encoder keeps the preset's attention (``ModelConfig.attention_layers``)."""
     preset_kind = PRESETS[preset]["attention"]
     if constant_layers is None and attention is None:
         return None
@@ -146,7 +181,8 @@ def attention_layers(preset: str, n_layer: int, constant_layers: str | None, att
                               f"got {constant_layers!r}") from None
         bad = sorted(i for i in chosen if not 0 <= i < n_layer)
         if bad:
-            raise MpcgenError(f"--constant-attention-layers {bad} out of range: the teacher has {n_layer} layers")
+            raise MpcgenError(f"--constant-attention-layers {bad} out of range: the teacher has {n_layer} "
+                              "(decoder) layers")
     return ["constant" if i in chosen else other for i in range(n_layer)]
 
 
@@ -159,9 +195,8 @@ def build_student(teacher_dir: str | Path, preset: str, *, constant_layers: str 
     """
     if preset not in PRESETS:
         raise MpcgenError(f"--preset {preset!r} is not supported; choose one of {sorted(PRESETS)}")
-    n_layer = json.loads((Path(teacher_dir) / "config.json").read_text()).get("n_layer")
     overrides: dict[str, Any] = {}
-    layers = attention_layers(preset, int(n_layer), constant_layers, attention)
+    layers = attention_layers(preset, decoder_layer_count(teacher_dir), constant_layers, attention)
     if layers is not None:
         overrides["attention_layers"] = layers
     if resend_norm != "none":
@@ -175,94 +210,226 @@ def build_student(teacher_dir: str | Path, preset: str, *, constant_layers: str 
     return student.train()
 
 
+def token_table(model: nn.Module) -> nn.Module:
+    """The model's token table (GPT-2 ``wte``; T5/BART ``shared``, which both sides of an encoder-decoder read)."""
+    return model.wte if model.config.arch == "decoder" else model.shared
+
+
+def token_embeddings(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Token part of a block-0 input (B, T, d), as the model's ``embed`` builds it before adding positions."""
+    return token_input(token_table(model), model.embed_scale, ids, None, None)
+
+
 def embedding_rms(model: nn.Module) -> float:
     """RMS of the token inputs the model sees (its token table times the embedding scale)."""
-    table = model.wte.weight if hasattr(model, "wte") else model.shared.weight
-    return float(table.detach().square().mean().sqrt()) * model.embed_scale
+    return float(token_table(model).weight.detach().square().mean().sqrt()) * model.embed_scale
+
+
+def has_constant_attention(model: nn.Module) -> bool:
+    """Whether any attention of ``model`` (encoder, decoder or cross) is constant."""
+    return any(isinstance(m, AttentionCore) and m.is_constant for m in model.modules())
+
+
+# ---------------------------------------------------------------------------------------------------- batches
+
+
+@dataclass
+class Layout:
+    """A collated training batch as the model reads it, for either architecture.
+
+    ``ids`` (B, T): decoder-side input ids (decoder-only: ``<s> source <sep> target </s>``; encoder-decoder: the
+    labels shifted right behind ``decoder_start_token_id``, as Hugging Face trains them); ``mask`` (B, T): real
+    decoder-side positions; ``target`` (B, N): the id position t is trained to predict (IGNORE_INDEX where none),
+    N = T - 1 for decoder-only models, T for encoder-decoders; ``generated`` (B, T): inputs that generation produces
+    itself (the ones ER replaces by resent states); ``source``/``source_mask`` (B, S): the encoder input.
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    target: torch.Tensor
+    generated: torch.Tensor
+    source: torch.Tensor | None = None
+    source_mask: torch.Tensor | None = None
+
+
+def layout(config: Any, batch: dict[str, torch.Tensor]) -> Layout:
+    """The :class:`Layout` of a :class:`mpcgen.training.Collator` batch for a model with ``config`` (a student's,
+    or the exact config of a Hugging Face teacher)."""
+    ids, am, labels = batch["input_ids"], batch["attention_mask"], batch.get("labels")
+    if labels is None:  # statistics need no targets, but an encoder-decoder's decoder inputs are its labels
+        if config.arch != "decoder":
+            raise MpcgenError("an encoder-decoder batch needs labels: they are its decoder inputs")
+        labels = torch.full_like(ids, IGNORE_INDEX)
+    real = labels != IGNORE_INDEX  # (B, T)
+    if config.arch == "decoder":
+        return Layout(ids, am, labels[:, 1:], real)
+    start = config.decoder_start_token_id
+    if start is None:
+        raise MpcgenError("the encoder-decoder config has no decoder_start_token_id: its decoder inputs are unknown")
+    pad = config.pad_token_id if config.pad_token_id is not None else start
+    first = labels.new_full((labels.size(0), 1), start)
+    shifted = torch.cat([first, labels[:, :-1]], dim=1)  # (B, T)
+    generated = torch.cat([torch.zeros_like(real[:, :1]), real[:, :-1]], dim=1)  # input t > 0 is target t - 1
+    return Layout(shifted.masked_fill(shifted == IGNORE_INDEX, pad), real.long(), labels, generated,
+                  source=ids, source_mask=am)
+
+
+def forward_layout(model: nn.Module, lay: Layout, x: torch.Tensor, *, return_hidden: bool = False
+                   ) -> tuple[Any, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Run a student (or the imported teacher) on ``lay`` with decoder-side token embeddings ``x`` (B, T, d).
+
+    Returns the decoder's :class:`~mpcgen.models.ModelOutput` and, with ``return_hidden``, each block's output with
+    the mask of its real positions: the encoder's blocks (encoder-decoders), then the decoder's.
+    """
+    source, layers = None, []
+    if lay.source is not None:
+        encoder_in = model.encoder.prepare(token_embeddings(model, lay.source), 0)
+        source, states, _ = model.encoder(encoder_in, attention_mask=lay.source_mask, return_hidden=return_hidden)
+        if return_hidden:
+            layers.extend((s, lay.source_mask) for s in states[1:])
+    out = decoder_forward(model, inputs_embeds=x, mask=lay.mask, source=source, source_mask=lay.source_mask,
+                          return_hidden=return_hidden)
+    if return_hidden:
+        layers.extend((s, lay.mask) for s in out.hidden_states[1:])
+    return out, layers
+
+
+# ---------------------------------------------------------------------------------------- teacher statistics
+
+
+@dataclass
+class MeanAttention:
+    """One teacher attention averaged over real query rows: ``mean`` (nh, T, S), ``counts`` (T,) how many examples
+    have a real query at each position, ``causal`` (decoder self-attention) or not (encoder self-, cross-)."""
+
+    mean: torch.Tensor
+    counts: torch.Tensor
+    causal: bool
 
 
 @dataclass
 class TeacherStats:
     """What the teacher does on real training examples, for initialising what the student replaces.
 
-    ``attention[i]``: layer i's softmax attention (nh, T, T) averaged over the real query rows; ``counts`` (T,): how
-    many examples have a real token at each position; ``norms``: per LayerNorm (HF module name) the mean over real
-    tokens of its input's per-token mean and standard deviation.
+    ``attention``: per student attention module (``stack.blocks.1.attn``, ``encoder.blocks.0.attn``,
+    ``decoder.blocks.0.cross_attn``, ...) the teacher's attention there; ``norms``: per student norm module, over
+    the real tokens, the mean per-token mean and scale of the input of the teacher norm it was imported from
+    (LayerNorm: mean and standard deviation; RMSNorm: 0 and the root mean square).
     """
 
-    attention: list[torch.Tensor]
-    counts: torch.Tensor
+    attention: dict[str, MeanAttention]
     norms: dict[str, tuple[float, float]]
+
+
+def teacher_name_map(hf_teacher: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
+    """``(exact config, student tensor name -> teacher tensor)`` from the importer's name map
+    (:mod:`mpcgen.models.hf`), the one place that pairs teacher and student names."""
+    family = hf_import.SUPPORTED.get(type(hf_teacher).__name__)
+    if family is None:
+        raise MpcgenError(f"cannot read a {type(hf_teacher).__name__} teacher; supported: "
+                          f"{sorted(hf_import.SUPPORTED)}")
+    config_fn, map_fn = hf_import._IMPORTERS[family]  # no public accessor in mpcgen.models yet
+    exact = config_fn(hf_teacher)
+    return exact, map_fn(hf_teacher, exact)
+
+
+def norm_pairs(hf_teacher: nn.Module, mapped: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Student norm module -> the teacher norm module its gain is imported from (the same tensor in ``mapped``)."""
+    owner = {p.data_ptr(): name.rsplit(".", 1)[0] for name, p in hf_teacher.named_parameters()
+             if name.endswith(".weight") and p.dim() == 1}
+    return {key.rsplit(".", 1)[0]: owner[t.data_ptr()] for key, t in mapped.items()
+            if key.endswith(".weight") and t.dim() == 1 and t.data_ptr() in owner}
+
+
+def _teacher_attentions(hf_teacher: nn.Module, lay: Layout) -> Iterable[tuple[str, torch.Tensor, torch.Tensor, bool]]:
+    """Run the Hugging Face teacher on ``lay``; yield (student attention module, attention (B, nh, T, S), real query
+    rows (B, T), causal) for each of its attentions."""
+    if lay.source is None:
+        out = hf_teacher(input_ids=lay.ids, attention_mask=lay.mask, output_attentions=True)
+        groups = [("stack.blocks.{}.attn", out.attentions, lay.mask, True)]
+    else:
+        out = hf_teacher(input_ids=lay.source, attention_mask=lay.source_mask, decoder_input_ids=lay.ids,
+                         decoder_attention_mask=lay.mask, output_attentions=True)
+        groups = [("encoder.blocks.{}.attn", out.encoder_attentions, lay.source_mask, False),
+                  ("decoder.blocks.{}.attn", out.decoder_attentions, lay.mask, True),
+                  ("decoder.blocks.{}.cross_attn", out.cross_attentions, lay.mask, False)]
+    for pattern, maps, rows, causal in groups:
+        for i, a in enumerate(maps):
+            yield pattern.format(i), a, rows, causal
+
+
+def _pad_to(x: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """``x`` zero-padded at the end of every dimension to ``shape``."""
+    pad: list[int] = []
+    for have, want in zip(reversed(x.shape), reversed(shape)):
+        pad += [0, want - have]
+    return F.pad(x, pad)
 
 
 @torch.no_grad()
 def teacher_statistics(hf_teacher: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> TeacherStats:
-    """Run a Hugging Face GPT-2 teacher (loaded with ``attn_implementation="eager"``, so it returns attentions) on
-    right-padded ``batches`` and collect :class:`TeacherStats`."""
+    """Run a Hugging Face teacher (GPT-2, T5 or BART; :func:`load_hf_teacher` loads it with eager attention, so it
+    returns attentions) on right-padded collated ``batches`` and collect :class:`TeacherStats`."""
     batches = list(batches)
     if not batches:
         raise MpcgenError("no examples to collect the teacher's statistics over")
-    t_max = max(b["attention_mask"].size(1) for b in batches)
-    counts = torch.zeros(t_max)
-    sums: list[torch.Tensor] | None = None
+    exact, mapped = teacher_name_map(hf_teacher)
+    sums: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
     norm_sums: dict[str, torch.Tensor] = {}
-    current: dict[str, torch.Tensor] = {}
+    current: dict[str, Layout] = {}
 
     def hook(name: str):
+        on_source = name.startswith("encoder.")
+
         def record(module: nn.Module, args: tuple) -> None:
             x = args[0].float()  # (B, T, d)
-            sigma = (x.var(-1, unbiased=False) + module.eps).sqrt()
-            real = current["mask"]
-            stats = torch.stack([(x.mean(-1) * real).sum(), (sigma * real).sum(), real.sum()])
+            lay = current["layout"]
+            real = (lay.source_mask if on_source else lay.mask).float()  # (B, T)
+            if exact.norm == "rmsnorm":
+                mu, second = torch.zeros_like(x[..., 0]), x.square().mean(-1)
+            else:
+                mu, second = x.mean(-1), x.var(-1, unbiased=False)
+            sigma = (second + exact.norm_eps).sqrt()
+            stats = torch.stack([(mu * real).sum(), (sigma * real).sum(), real.sum()])
             norm_sums[name] = norm_sums.get(name, torch.zeros(3)) + stats
         return record
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in hf_teacher.named_modules()
-               if isinstance(m, nn.LayerNorm)]
+    modules = dict(hf_teacher.named_modules())
+    handles = [modules[t].register_forward_pre_hook(hook(s)) for s, t in norm_pairs(hf_teacher, mapped).items()]
     hf_teacher.eval()
     try:
         for batch in batches:
-            am = batch["attention_mask"]
-            t = am.size(1)
-            current["mask"] = am.float()
-            out = hf_teacher(input_ids=batch["input_ids"], attention_mask=am, output_attentions=True)
-            if sums is None:
-                sums = [torch.zeros(a.size(1), t_max, t_max) for a in out.attentions]
-            rows = am.float()  # (B, T)
-            for i, a in enumerate(out.attentions):  # (B, nh, T, T)
-                sums[i][:, :t, :t] += (a.float() * rows[:, None, :, None]).sum(0)  # (nh, T, T)
-            counts[:t] += rows.sum(0)
+            lay = current["layout"] = layout(exact, batch)
+            for name, a, rows, causal in _teacher_attentions(hf_teacher, lay):
+                rows = rows.float()
+                total = (a.float() * rows[:, None, :, None]).sum(0)  # (nh, T, S)
+                count = rows.sum(0)  # (T,)
+                if name in sums:  # batches differ in length: grow to the longest
+                    shape = [max(x, y) for x, y in zip(sums[name][0].shape, total.shape)]
+                    total = _pad_to(sums[name][0], shape) + _pad_to(total, shape)
+                    count = _pad_to(sums[name][1], shape[1:2]) + _pad_to(count, shape[1:2])
+                sums[name] = (total, count, causal)
     finally:
         for h in handles:
             h.remove()
-    attention = [s / counts.clamp(min=1.0)[None, :, None] for s in sums]
+    attention = {n: MeanAttention(s / c.clamp(min=1.0)[None, :, None], c, causal) for n, (s, c, causal) in sums.items()}
     norms = {n: (float(v[0] / v[2]), float(v[1] / v[2])) for n, v in norm_sums.items()}
-    return TeacherStats(attention, counts, norms)
-
-
-# Student norm -> the teacher LayerNorm it replaces (GPT-2 names).
-def _gpt2_norm_pairs(n_layer: int) -> dict[str, str]:
-    pairs = {"stack.final_norm": "transformer.ln_f"}
-    for i in range(n_layer):
-        pairs[f"stack.blocks.{i}.norm1"] = f"transformer.h.{i}.ln_1"
-        pairs[f"stack.blocks.{i}.norm2"] = f"transformer.h.{i}.ln_2"
-    return pairs
+    return TeacherStats(attention, norms)
 
 
 def init_affine_norms(student: nn.Module, stats: TeacherStats) -> int:
-    """Calibrate affine / centred norms that replace the teacher's LayerNorms (their gamma, beta are imported):
-    with the teacher's average input mean mu and standard deviation sigma,
-    ``LN(x) ~ (x - mu) / sigma * gamma + beta``, so affine gets ``gamma / sigma`` and ``beta - gamma mu / sigma``
+    """Calibrate affine / centred norms that replace the teacher's norms (their gamma, beta are imported): with the
+    teacher's average input mean mu and scale sigma (RMSNorm: mu = 0, sigma the RMS),
+    ``norm(x) ~ (x - mu) / sigma * gamma + beta``, so affine gets ``gamma / sigma`` and ``beta - gamma mu / sigma``
     (centred subtracts the mean itself: ``gamma / sigma``, ``beta``). Without this, an imported affine norm multiplies
     the residual stream by gamma instead of normalising it and the first losses are astronomically large.
     Returns the number of norms set."""
     modules = dict(student.named_modules())
     done = 0
-    for name, teacher_name in _gpt2_norm_pairs(student.config.n_layer).items():
+    for name, (mu, sigma) in stats.norms.items():
         norm = modules.get(name)
-        if norm is None or norm.kind not in ("affine", "centered") or teacher_name not in stats.norms:
+        if norm is None or norm.kind not in ("affine", "centered"):
             continue
-        mu, sigma = stats.norms[teacher_name]
         with torch.no_grad():
             gamma = norm.weight.clone()
             norm.weight.copy_(gamma / sigma)
@@ -272,42 +439,48 @@ def init_affine_norms(student: nn.Module, stats: TeacherStats) -> int:
     return done
 
 
-def constant_logits_from_mean(mean: torch.Tensor, counts: torch.Tensor, n: int) -> torch.Tensor:
-    """``M`` (h, n, n) with ``softmax(M)`` ~ ``mean`` on the observed rows, uniform over visible keys elsewhere.
+def constant_logits_from_mean(mean: torch.Tensor, counts: torch.Tensor, n: int, *, causal: bool = True
+                              ) -> torch.Tensor:
+    """``M`` (h, n, n) with ``softmax(M)`` ~ ``mean`` (h, T, S) on the observed rows (``counts`` > 0).
 
-    ``softmax`` runs over ALL ``n`` columns before the causal mask (DESIGN section 4), so keys a row never sees get
-    :data:`MASKED_LOGIT` to keep the visible mass ~1.
+    ``softmax`` runs over ALL ``n`` columns before the mask (DESIGN section 4), so keys a row never sees get
+    :data:`MASKED_LOGIT` to keep the visible mass ~1: later keys under a causal mask, keys past the longest observed
+    source (S) otherwise (encoder self- and cross-attention, masked by source padding). Rows never observed start
+    uniform over the keys they may see (causal: 0 .. t; otherwise the S observed ones).
     """
-    h, seen = mean.size(0), min(mean.size(-1), n)
+    h, seen_q, seen_k = mean.size(0), min(mean.size(1), n), min(mean.size(2), n)
     rows = torch.arange(n)[:, None]
     cols = torch.arange(n)[None, :]
-    visible = cols <= rows  # (n, n)
-    uniform = -torch.log((rows + 1).float()).expand(n, n)
-    m = torch.where(visible, uniform, torch.full((n, n), MASKED_LOGIT)).expand(h, n, n).clone()
-    observed = counts[:seen] > 0
-    block = mean[:, :seen, :seen].clamp(min=MIN_MEAN_ATTENTION).log()
-    block = torch.where(visible[:seen, :seen], block, torch.full_like(block, MASKED_LOGIT))
-    m[:, :seen, :seen] = torch.where(observed[None, :, None], block, m[:, :seen, :seen])
+    visible = cols <= rows if causal else (cols < seen_k).expand(n, n)  # (n, n)
+    width = rows + 1 if causal else torch.full_like(rows, seen_k)  # visible keys per row
+    uniform = -torch.log(width.float()).expand(n, n)
+    masked = torch.full((n, n), MASKED_LOGIT)
+    m = torch.where(visible, uniform, masked).expand(h, n, n).clone()
+    observed = counts[:seen_q] > 0
+    block = mean[:, :seen_q, :seen_k].clamp(min=MIN_MEAN_ATTENTION).log()
+    block = torch.where(visible[:seen_q, :seen_k], block, masked[:seen_q, :seen_k])
+    m[:, :seen_q, :seen_k] = torch.where(observed[None, :, None], block, m[:, :seen_q, :seen_k])
     return m
 
 
 def init_constant_attention(student: nn.Module, stats: TeacherStats) -> int:
-    """Set every constant layer's ``M`` from the teacher's mean attention (heads averaged when shared); returns the
-    number of layers set."""
-    means, counts = stats.attention, stats.counts
+    """Set every constant attention's ``M`` (decoder self-, encoder self- and cross-attention) from the teacher's
+    mean attention there (heads averaged when shared); returns the number of attentions set."""
+    modules = dict(student.named_modules())
     done = 0
-    for i, block in enumerate(student.stack.blocks):
-        core = block.attn.core
-        if not core.is_constant:
+    for name, teacher in stats.attention.items():
+        module = modules.get(name)
+        if module is None or not module.core.is_constant:
             continue
+        core = module.core
         if core.frozen:
             raise MpcgenError("cannot initialise a frozen (inference-form) constant attention")
         heads, n = core.const_logits.size(0), core.const_logits.size(-1)
-        mean = means[i] if heads == means[i].size(0) else means[i].mean(0, keepdim=True)
+        mean = teacher.mean if heads == teacher.mean.size(0) else teacher.mean.mean(0, keepdim=True)
         if mean.size(0) != heads:
-            raise MpcgenError(f"layer {i}: teacher has {means[i].size(0)} heads, student constant attention {heads}")
+            raise MpcgenError(f"{name}: teacher has {teacher.mean.size(0)} heads, student constant attention {heads}")
         with torch.no_grad():
-            core.const_logits.copy_(constant_logits_from_mean(mean, counts, n))
+            core.const_logits.copy_(constant_logits_from_mean(mean, teacher.counts, n, causal=teacher.causal))
         done += 1
     return done
 
@@ -350,7 +523,8 @@ def load_student(path: str | Path, expect_preset: str | None = None) -> nn.Modul
 
 
 class Distiller:
-    """The distillation objective for a decoder-only student; ``loss`` and ``val_loss`` plug into the Trainer."""
+    """The distillation objective for a student of either architecture; ``loss`` and ``val_loss`` plug into the
+    Trainer."""
 
     def __init__(self, teacher: nn.Module | None, weights: LossWeights, *, embedding_resend: bool) -> None:
         self.teacher = teacher.eval() if teacher is not None else None
@@ -365,12 +539,7 @@ class Distiller:
 
     # -- inputs ---------------------------------------------------------------------------------------------------
 
-    def token_inputs(self, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        """Token part of the block-0 input (B, T, d), as ``embed`` builds it before adding positions."""
-        return model.wte(ids) * model.embed_scale if model.embed_scale != 1.0 else model.wte(ids)
-
-    def er_inputs(self, model: nn.Module, tok: torch.Tensor, generated: torch.Tensor,
-                  attention_mask: torch.Tensor) -> torch.Tensor:
+    def er_inputs(self, model: nn.Module, tok: torch.Tensor, lay: Layout) -> torch.Tensor:
         """Training inputs of an ER student: perturbed token embeddings at generated positions, and (with
         ``er_unroll``) resent states in place of some of them.
 
@@ -381,6 +550,7 @@ class Distiller:
         w = self.w
         if self.rms is None:
             self.rms = embedding_rms(model)
+        generated = lay.generated
         mask = generated[..., None].to(tok.dtype)  # (B, T, 1)
         x = tok
         if w.er_noise:
@@ -392,7 +562,7 @@ class Distiller:
             mixed = x
             for _ in range(w.er_unroll):
                 with torch.no_grad():
-                    h = model(inputs_embeds=mixed, attention_mask=attention_mask, use_cache=False).hidden
+                    h = forward_layout(model, lay, mixed)[0].hidden
                     resent = F.pad(model.resend_token(h)[:, :-1], (0, 0, 1, 0))  # input t <- state t-1
                 mixed = torch.where(chosen[..., None], resent.to(x.dtype), x)
             x = mixed
@@ -404,14 +574,15 @@ class Distiller:
                   ) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted loss and its components; ``train=False`` drops the ER perturbations and unrolling."""
         w = self.w
-        ids, am, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        tok = self.token_inputs(model, ids)
-        x = self.er_inputs(model, tok, labels != IGNORE_INDEX, am) if (self.er and train) else tok
-        out = model(inputs_embeds=x, attention_mask=am, use_cache=False, return_hidden=w.hidden > 0)
-        target = labels[:, 1:]
-        mask = (target != IGNORE_INDEX).float()  # (B, T-1): positions predicting a target token
+        lay = layout(model.config, batch)
+        tok = token_embeddings(model, lay.ids)
+        x = self.er_inputs(model, tok, lay) if (self.er and train) else tok
+        out, layers = forward_layout(model, lay, x, return_hidden=w.hidden > 0)
+        target = lay.target
+        n_pred = target.size(1)  # positions that predict a token: (B, N)
+        mask = (target != IGNORE_INDEX).float()  # (B, N)
         n = mask.sum().clamp(min=1.0)
-        logits = out.logits[:, :-1].float()
+        logits = out.logits[:, :n_pred].float()
         parts: dict[str, torch.Tensor] = {}
         base = logits.new_zeros(())
         if w.ce:
@@ -420,18 +591,19 @@ class Distiller:
             base = base + w.ce * parts["ce"]
         if w.kl or w.hidden:
             with torch.no_grad():
-                ref = self.teacher(input_ids=ids, attention_mask=am, use_cache=False, return_hidden=w.hidden > 0)
+                ref, ref_layers = forward_layout(self.teacher, lay, token_embeddings(self.teacher, lay.ids),
+                                                 return_hidden=w.hidden > 0)
         if w.kl:
             t = w.temperature
             log_p_s = F.log_softmax(logits / t, dim=-1)
-            log_p_t = F.log_softmax(ref.logits[:, :-1].float() / t, dim=-1)
-            kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (B, T-1)
+            log_p_t = F.log_softmax(ref.logits[:, :n_pred].float() / t, dim=-1)
+            kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (B, N)
             parts["kl"] = (kl * mask).sum() / n * t * t
             base = base + w.kl * parts["kl"]
         if w.hidden:
-            real = am.float()[..., None]  # (B, T, 1)
             mse = []
-            for s, r in zip(out.hidden_states[1:], ref.hidden_states[1:]):
+            for (s, real), (r, _) in zip(layers, ref_layers):
+                real = real.float()[..., None]  # (B, T, 1)
                 denom = (r.float().square() * real).sum() / (real.sum() * r.size(-1))
                 err = ((s.float() - r.float()).square() * real).sum() / (real.sum() * r.size(-1))
                 mse.append(err / denom.clamp(min=1e-6))
@@ -439,8 +611,9 @@ class Distiller:
             base = base + w.hidden * parts["hidden"]
         total = base
         if self.er:
-            resent = model.resend_token(out.hidden[:, :-1]).float()
-            cos = F.cosine_similarity(resent, tok[:, 1:].detach().float(), dim=-1)  # (B, T-1)
+            resent = model.resend_token(out.hidden[:, :n_pred]).float()
+            wanted = token_embeddings(model, target.clamp(min=0)).detach().float()  # E(next input)
+            cos = F.cosine_similarity(resent, wanted, dim=-1)  # (B, N)
             parts["er_cos"] = ((1.0 - cos) * mask).sum() / n
             total = (1.0 - w.er_lambda) * base + w.er_lambda * parts["er_cos"]
         return total, {k: float(v.detach()) for k, v in parts.items()}
@@ -457,7 +630,7 @@ class Distiller:
         total, count = 0.0, 0
         for batch in batches:
             loss, _ = self.objective(model, batch, train=False)
-            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            n = int((layout(model.config, batch).target != IGNORE_INDEX).sum())
             total, count = total + float(loss) * n, count + n
         model.train(was)
         return total / max(count, 1) if math.isfinite(total) else float("nan")
@@ -468,6 +641,8 @@ def weights_dict(weights: LossWeights) -> dict[str, Any]:
     return dataclasses.asdict(weights)
 
 
-__all__ = ["DISTILL_ARCHS", "Distiller", "LossWeights", "PRESET_LOSSES", "attention_layers", "build_student",
-           "TeacherStats", "constant_logits_from_mean", "embedding_rms", "init_affine_norms", "init_constant_attention",
-           "load_student", "loss_weights", "param_groups", "read_teacher", "teacher_statistics", "weights_dict"]
+__all__ = ["DISTILL_ARCHS", "Distiller", "Layout", "LossWeights", "MeanAttention", "PRESET_LOSSES", "TeacherStats",
+           "attention_layers", "build_student", "constant_logits_from_mean", "decoder_layer_count", "embedding_rms",
+           "forward_layout", "has_constant_attention", "init_affine_norms", "init_constant_attention", "layout",
+           "load_hf_teacher", "load_student", "loss_weights", "norm_pairs", "param_groups", "read_teacher",
+           "teacher_name_map", "teacher_statistics", "token_embeddings", "token_table", "weights_dict"]

@@ -10,7 +10,8 @@ of stdout (BLEU on 0-1). Logs go to stderr.
 
 Checkpoints are recognised by what their directory holds (:data:`LOADERS`): today a Hugging Face teacher from
 ``nlg.finetune``, or a stage-2 student from ``distill.run`` (decoded greedily the way it decodes privately: ER rollout
-for Embedding Resending students, token re-embedding otherwise).
+for Embedding Resending students, token re-embedding otherwise; encoder-decoders encode the source once and do either
+on the decoder side).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class EvalArguments:
         metadata={"help": "label prepended to the output file names: <ckpt>/<NAME>-predictions-<split>....txt"},
     )
     no_progress: bool = field(default=False, metadata={"help": "hide the progress bar"})
+    num_threads: int | None = field(default=None, metadata={
+        "help": "torch threads (default: torch's); 1 on a machine busy with other jobs, where OpenMP threads that "
+                "wait for each other make decoding many times slower"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +257,12 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
     from mpcgen.metrics import corpus_scores
 
     ckpt = Path(args.ckpt)
+    if args.num_threads is not None:
+        if args.num_threads < 1:
+            raise MpcgenError(f"--num-threads must be >= 1, got {args.num_threads}")
+        import torch
+
+        torch.set_num_threads(args.num_threads)
     kind = checkpoint_kind(ckpt)  # fail on a bad directory before reading data or loading weights
     pred_path, metrics_path = output_paths(ckpt, args.split, args.num_beams, args.out_prefix)
     if args.limit is not None and args.limit < 1:
