@@ -59,6 +59,9 @@ GELU_VARIANTS: dict[str, str] = {"erf": "gelu", "tanh": "gelu_new"}
 # ``params`` carries a learned normaliser's tensors (thex); the others ignore it.
 
 TWO_QUAD_C = 5.0  # MPCformer's shift c in (x + c)^2
+# A row whose only visible score is exactly -c (bfloat16 training rounds to it) would be 0 / 0: a floor on the
+# denominator, negligible next to a real row's sum (~c^2 per visible key).
+TWO_QUAD_EPS = 1e-3
 # Well above the fixed-point resolution (2^-16): a row whose scores are all <= 0 then gives p = 0 under MPC too,
 # instead of truncation noise times the Newton reciprocal of ~0.
 TWO_RELU_EPS = 1e-2
@@ -70,9 +73,10 @@ def softmax(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tens
 
 
 def two_quad(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tensor] | None = None) -> Tensor:
-    """2Quad (MPCformer): ``p_i = (x_i + c)^2 / sum_j (x_j + c)^2``, ``c = 5``; masked positions contribute 0."""
+    """2Quad (MPCformer): ``p_i = (x_i + c)^2 / (sum_j (x_j + c)^2 + eps)``, ``c = 5``, ``eps = 1e-3``; masked
+    positions contribute 0."""
     e = ops.apply_mask((scores + TWO_QUAD_C).square(), mask)
-    return ops.normalise(e, mask, scale=TWO_QUAD_C ** 2)  # (x + c)^2 is ~c^2 for small scores
+    return ops.normalise(e, mask, eps=TWO_QUAD_EPS, scale=TWO_QUAD_C ** 2)  # (x + c)^2 is ~c^2 for small scores
 
 
 def two_relu(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tensor] | None = None) -> Tensor:
