@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=3)
     parser.add_argument("--provider", default="ttp", choices=("ttp", "tfp"))
     parser.add_argument("--weights", default="private", choices=("private", "public"))
+    parser.add_argument("--fixed-weights", default="on", choices=("on", "off"),
+                        help="private weights: masks opened once per session (on) or fresh Beaver triples (off)")
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--out", default=None, help="also write the JSON object to this file")
     args = parser.parse_args(argv)
@@ -63,11 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             start = time.perf_counter()
             (result,) = generate_private(model, [prompt], max_new_tokens=args.max_new_tokens, decoding=decoding or None,
                                          provider=args.provider, weights=args.weights, timeout=args.timeout,
+                                         fixed_weights=args.fixed_weights == "on",
                                          progress=True)
             s = result.stats
             per = s.per_token()
             record = {"geometry": args.geometry, "preset": preset, "decoding": s.decoding, "provider": s.provider,
-                      "weights": s.weights, "prompt_tokens": s.prompt_tokens, "new_tokens": s.new_tokens,
+                      "weights": s.weights, "fixed_weights": s.fixed_weights, "setup_s": s.setup_s,
+                      "setup_rounds": s.setup_rounds, "setup_bytes": s.setup_bytes, "prompt_tokens": s.prompt_tokens, "new_tokens": s.new_tokens,
                       "launch_s": time.perf_counter() - start, "per_token": per, "prompt_s": s.prompt_s,
                       "prompt_rounds": s.prompt_rounds, "prompt_bytes": s.prompt_bytes, "per_token_s": s.per_token_s,
                       "per_token_rounds": s.per_token_rounds, "per_token_bytes": s.per_token_bytes,

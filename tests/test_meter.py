@@ -153,7 +153,15 @@ def test_cost_cli_small_geometry(capsys, tmp_path) -> None:
     assert record == json.loads(out_json.read_text())
     assert record["preset"] == "merge" and record["provider"] == "ttp" and record["weights"] == "private"
     assert record["rounds"] > 0 and record["online_bytes"] > 0 and record["dealer_bytes"] > 0
-    # embedding: one Beaver product of the (4 x 40) one-hot with the (40 x 16) table, opened in one round
+    # embedding: the (4 x 40) one-hot times the (40 x 16) table, one round. With fixed masks (the default) only the
+    # one-hot's mask is opened; the table's opening F = W - B is the session's setup.
+    assert record["fixed_weights"] is True
     assert record["groups"]["embed"]["rounds"] == 1
-    assert record["groups"]["embed"]["online_bytes"] == 2 * (4 * 40 + 40 * 16) * 8
+    assert record["groups"]["embed"]["online_bytes"] == 2 * (4 * 40) * 8
+    assert record["groups"]["setup"]["online_bytes"] >= 2 * (40 * 16) * 8
+    assert main(argv + ["--fixed-weights", "off"]) == 0
+    fresh = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert fresh["fixed_weights"] is False and "setup" in fresh["groups"]  # weight sharing, no openings
+    assert fresh["groups"]["embed"]["online_bytes"] == 2 * (4 * 40 + 40 * 16) * 8  # fresh triple: both opened
+    assert fresh["groups"]["setup"]["online_bytes"] == 0
     assert main(argv[:1] + ["nonsense"] + argv[2:]) == 2
