@@ -29,8 +29,10 @@ cost of the first steps: a lower bound of growing costs.
 
 **Per-group phases.** :class:`GenerationStats` has per-phase totals, and the op groups only for the whole run. To
 book every phase by op group, the party function swaps in a subclass of :class:`mpcgen.generation.private.MpcHooks`
-whose ``mark`` also snapshots the meter's per-group counters (both parties; combined in the launcher). Without
-that class (a future refactor), records fall back to the stats' per-phase totals: no groups per phase, no compute.
+whose ``mark`` also snapshots the meter's per-group counters and the process's CPU time (both parties; combined in
+the launcher). Without that class (a future refactor), records fall back to the stats' per-phase totals: no groups
+per phase, no compute or CPU time, no projections. A per-phase, per-group breakdown in ``GenerationStats`` would
+make the swap unnecessary.
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ def plots(records: Sequence[dict[str, Any]], out: Path, x_name: str, x_of: Calla
         ax.set_xlabel(x_name)
         ax.set_title(title + " by op group")
         ax.margins(y=0.25)
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     written.append(_save(fig, out / f"groups_{x_name}.png"))
     return written
 
