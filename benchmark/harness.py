@@ -27,19 +27,14 @@ With K = T the run is the sequence and nothing is estimated. Encoder-decoders me
 (the generation loop cannot start the decoder from a given prefix), so their capped estimates hold the per-step
 cost of the first steps: a lower bound of growing costs.
 
-**Per-group phases.** :class:`GenerationStats` has per-phase totals, and the op groups only for the whole run. To
-book every phase by op group, the party function swaps in a subclass of :class:`mpcgen.generation.private.MpcHooks`
-whose ``mark`` also snapshots the meter's per-group counters and the process's CPU time (both parties; combined in
-the launcher). Without that class (a future refactor), records fall back to the stats' per-phase totals: no groups
-per phase, no compute or CPU time, no projections. A per-phase, per-group breakdown in ``GenerationStats`` would
-make the swap unnecessary.
+**Phases.** The client's :class:`~mpcgen.generation.GenerationStats` hold one
+:class:`~mpcgen.mpc.costs.CostReport` per phase (prompt, each step, finish) with its op groups and both parties'
+CPU time; a point reads them as they are (``report.phase()``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import inspect
 import logging
 import math
 import os
@@ -48,32 +43,22 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from benchmark import costs
 from benchmark.network import Network, networks, projections
 from mpcgen.errors import MpcgenError
+from mpcgen.models.config import PRESETS
+from mpcgen.models.geometry import geometry_config, random_model
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = 1
-METHODS = ("vanilla", "mpcformer", "mpcformer-2relu", "thex", "merge", "merge-er-only", "merge-mm-only")
+METHODS = tuple(PRESETS)
 WINDOWS = ("auto", "start", "end", "both")
-FIXED_WEIGHTS = ("default", "on", "off")
-DEFAULT_FAMILY = {"decoder": "gpt2", "encoder-decoder": "t5"}
-DEFAULT_VOCAB = {"gpt2": 50257, "t5": 32128, "bart": 50265}
-# Family settings of a random model (the same fields the Hugging Face importers set; mpcgen.models.hf).
-FAMILY_FIELDS: dict[str, dict[str, Any]] = {
-    "gpt2": dict(arch="decoder", eos_token_id=2),
-    "t5": dict(arch="encoder-decoder", norm="rmsnorm", bias=False, scale_attention=False, activation="relu",
-               relative_attention_num_buckets=32, relative_attention_max_distance=128, scale_decoder_outputs=True,
-               pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
-    "bart": dict(arch="encoder-decoder", pre_norm=False, final_norm=False, position_offset=2, scale_embedding=False,
-                 layernorm_embedding=True, final_logits_bias=True, gelu_variant="erf", bos_token_id=0,
-                 eos_token_id=2, decoder_start_token_id=2),
-}
+FIXED_WEIGHTS = ("on", "off")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -100,7 +85,7 @@ class BenchSpec:
     window: str = "auto"
     runs: int = 1
     seed: int = 0
-    fixed_weights: str = "default"
+    fixed_weights: str = "on"
     checkpoint: str | None = None
     timeout: float = 6 * 3600.0
     progress: bool = False
@@ -141,28 +126,15 @@ class BenchSpec:
 
 
 def build_config(spec: BenchSpec) -> Any:
-    """The ModelConfig of a random model for ``spec`` (family fields as the importers set them)."""
-    from mpcgen.models import ModelConfig
-
-    if spec.arch not in DEFAULT_FAMILY:
-        raise MpcgenError(f"unknown arch {spec.arch!r}: use one of {sorted(DEFAULT_FAMILY)}")
-    family = spec.family or DEFAULT_FAMILY[spec.arch]
-    if family not in FAMILY_FIELDS:
-        raise MpcgenError(f"unknown family {family!r}: use one of {sorted(FAMILY_FIELDS)}")
-    fields = dict(FAMILY_FIELDS[family])
-    if fields["arch"] != spec.arch:
-        raise MpcgenError(f"family {family!r} is {fields['arch']}, not {spec.arch}")
-    positions = spec.positions or spec.msl
-    config = ModelConfig(
-        family=family, vocab_size=spec.vocab or DEFAULT_VOCAB[family], n_positions=positions, n_embd=spec.d_model,
-        n_layer=spec.layers, n_head=spec.heads, d_ff=spec.d_ff,
-        n_encoder_layer=(spec.encoder_layers or spec.layers) if spec.arch == "encoder-decoder" else 0, **fields)
-    return config.with_preset(spec.method)
+    """The ModelConfig of a random model for ``spec`` (n_positions defaults to msl)."""
+    return geometry_config(preset=spec.method, arch=spec.arch, family=spec.family, layers=spec.layers,
+                           d_model=spec.d_model, heads=spec.heads, vocab=spec.vocab, d_ff=spec.d_ff,
+                           positions=spec.positions or spec.msl, encoder_layers=spec.encoder_layers)
 
 
 def load_checkpoint_config(spec: BenchSpec) -> Any:
     """The config of ``spec.checkpoint`` (a student keeps its preset, which must be ``spec.method``)."""
-    from mpcgen.generation.inputs import load_model
+    from mpcgen.models.loading import load_model
 
     model = load_model(spec.checkpoint, preset=spec.method)
     if model.config.preset != spec.method:
@@ -171,88 +143,24 @@ def load_checkpoint_config(spec: BenchSpec) -> Any:
     return model.config
 
 
-def random_model(config_dict: dict[str, Any], seed: int) -> torch.nn.Module:
-    """A model of the config with random weights drawn from ``seed``."""
-    from mpcgen.models import ModelConfig, build_model
-
-    torch.manual_seed(seed)
-    return build_model(ModelConfig.from_dict(config_dict)).eval()
-
-
-def fixed_weights_option(choice: str) -> tuple[dict[str, Any], Any]:
-    """``(kwargs for generation_party, the effective setting)`` for ``--fixed-weights``.
-
-    The option is passed only if the installed :func:`mpcgen.generation.generation_party` accepts ``fixed_weights``;
-    ``default`` passes nothing (the library's default is recorded).
-    """
-    from mpcgen.generation import generation_party
-
-    params = inspect.signature(generation_party).parameters
-    if "fixed_weights" in params:
-        if choice == "default":
-            default = params["fixed_weights"].default
-            return {}, None if default is inspect.Parameter.empty else default
-        return {"fixed_weights": choice == "on"}, choice == "on"
-    if choice == "on":
-        raise MpcgenError("--fixed-weights on: the installed mpcgen has no fixed-operand weight protocol "
-                          "(generation_party takes no fixed_weights); use off or default")
-    return {}, None
-
-
 # ----------------------------------------------------------------------------------------------- party side
 
 
-@contextlib.contextmanager
-def capture_group_marks() -> Iterator[tuple[list, list]]:
-    """In this party process: record the meter's per-group counters and the process's CPU time at every generation
-    mark (see the module); yields the two lists (empty where MpcHooks is missing)."""
-    from mpcgen.generation import private
-
-    base = getattr(private, "MpcHooks", None)
-    marks: list = []
-    cpu: list[float] = []
-    if base is None or not callable(getattr(base, "mark", None)):
-        logger.warning("mpcgen.generation.private.MpcHooks not found: no per-group phases (stats totals only)")
-        yield marks, cpu
-        return
-
-    class GroupMarkHooks(base):  # type: ignore[misc, valid-type]
-        def mark(self, label: str) -> None:
-            super().mark(label)  # books the meter up to now (meter.totals())
-            cpu.append(time.process_time())
-            groups = self.meter.result().groups
-            marks.append((label, {g: dataclasses.asdict(c) for g, c in groups.items()}))
-
-    private.MpcHooks = GroupMarkHooks
-    try:
-        yield marks, cpu
-    finally:
-        private.MpcHooks = base
-
-
-def bench_party(rank: int, job: dict[str, Any], prompt: list[int] | None = None) -> dict[str, Any]:
-    """One party of a benchmark run: build or load the model (server; every party with public weights), generate,
-    return JSON-able results: this party's per-group marks, and on the client the stats."""
+def bench_party(rank: int, job: dict[str, Any], prompt: list[int] | None = None) -> dict[str, Any] | None:
+    """One party of a benchmark run (local processes): build or load the model (server; every party with public
+    weights), generate; the client returns its generation stats as a dict (the server None)."""
     from mpcgen.generation import generation_party
-    from mpcgen.generation.inputs import load_model
-    from mpcgen.mpc.launch import CLIENT, SERVER
+    from mpcgen.models.loading import load_model
+    from mpcgen.mpc.roles import CLIENT, SERVER
 
     model = None
     if rank == SERVER or job["weights"] == "public":
-        if job.get("checkpoint"):
-            model = load_model(job["checkpoint"], preset=job["config"]["preset"])
-        else:
-            model = random_model(job["config"], job["seed"])
-    with capture_group_marks() as (marks, cpu):
-        out = generation_party(rank, model, [prompt] if rank == CLIENT else None,
-                               max_new_tokens=job["max_new_tokens"], decoding=job["decoding"],
-                               weights=job["weights"], batch_size=1,
-                               progress=bool(job.get("progress")) and rank == CLIENT, **job.get("extra", {}))
-    result: dict[str, Any] = {"rank": rank, "marks": marks, "cpu_marks": cpu}
-    if rank == CLIENT:
-        result["stats"] = out.stats[0].to_dict()
-        result["tokens"] = out.tokens[0]
-    return result
+        model = (load_model(job["checkpoint"], preset=job["config"]["preset"]) if job.get("checkpoint") else
+                 random_model(job["config"], job["seed"]))
+    out = generation_party(rank, model, [prompt] if rank == CLIENT else None, max_new_tokens=job["max_new_tokens"],
+                           decoding=job["decoding"], weights=job["weights"], fixed_weights=job["fixed_weights"],
+                           batch_size=1, progress=bool(job.get("progress")) and rank == CLIENT)
+    return out.stats[0].to_dict() if rank == CLIENT else None
 
 
 # --------------------------------------------------------------------------------------------- launcher side
@@ -264,23 +172,18 @@ def prompt_ids(vocab: int, length: int, seed: int) -> list[int]:
     return torch.randint(0, vocab, (length,), generator=gen).tolist()
 
 
-def launch_local(job: dict[str, Any], prompt: list[int], provider: str, timeout: float) -> list[dict[str, Any]]:
-    """Server, client (and dealer) as local processes on loopback; [server result, client result]."""
-    from mpcgen.mpc.launch import CLIENT, run_parties
+def launch_local(job: dict[str, Any], prompt: list[int], provider: str, timeout: float) -> dict[str, Any]:
+    """Server, client (and dealer) as local processes on loopback; the client's generation stats (a dict)."""
+    from mpcgen.mpc.launch import run_parties
+    from mpcgen.mpc.roles import CLIENT
 
-    return run_parties(bench_party, provider=provider, timeout=timeout, args=(job,), party_args={CLIENT: (prompt,)})
+    return run_parties(bench_party, provider=provider, timeout=timeout, args=(job,),
+                       party_args={CLIENT: (prompt,)})[CLIENT]
 
 
-def run_phases(results: Sequence[dict[str, Any]]) -> tuple[list[costs.Phase], dict[str, Any]]:
-    """[server, client] results of one run -> (phases: prompt, each step, finish; the client's stats)."""
-    stats = next(r["stats"] for r in results if "stats" in r)
-    if all(r["marks"] for r in results):
-        phases = costs.phases_from_marks([r["marks"] for r in results])
-        if all(r.get("cpu_marks") for r in results):
-            costs.add_cpu(phases, [r["cpu_marks"] for r in results])
-    else:
-        phases = costs.phases_from_stats(stats)
-    return phases, stats
+def run_phases(stats: dict[str, Any]) -> list[costs.Phase]:
+    """The client's stats of one run -> its phases (prompt, each step, finish), each ``{"total", "groups"}``."""
+    return [{"total": p["total"], "groups": p["groups"]} for p in stats["phases"]]
 
 
 def summarise_window(name: str, prompt_len: int, runs: Sequence[list[costs.Phase]], stats: dict[str, Any],
@@ -299,7 +202,8 @@ def summarise_window(name: str, prompt_len: int, runs: Sequence[list[costs.Phase
         "runs": [costs.phase_sum(r)["total"] for r in runs],
         "projected_s": projections(nets, costs.compute_of(whole["total"]), whole["total"]["rounds"],
                                    whole["total"]["bytes"]),
-        "stats": stats,
+        # the run's settings and totals; its phases are the ones above (medians), each party's counters are left out
+        "stats": {k: v for k, v in stats.items() if k not in ("phases", "run")},
     }
     return out
 
@@ -311,8 +215,8 @@ def measure_window(spec: BenchSpec, config: Any, name: str, prompt_len: int, job
     runs, stats = [], None
     for i in range(spec.runs):
         start = time.perf_counter()
-        results = launcher(job, prompt, spec.provider, spec.timeout)
-        phases, run_stats = run_phases(results)
+        run_stats = launcher(job, prompt, spec.provider, spec.timeout)
+        phases = run_phases(run_stats)
         stats = stats or run_stats
         runs.append(phases)
         logger.info("%s %s window %s run %d/%d: %.1f s launch, %.1f s metered, %d rounds, %.1f MB online",
@@ -441,29 +345,36 @@ def host_info() -> dict[str, Any]:
             "python": platform.python_version(), "torch": torch.__version__}
 
 
-def make_job(spec: BenchSpec, config: Any, max_new_tokens: int, extra: dict[str, Any]) -> dict[str, Any]:
+def point_decoding(spec: BenchSpec, config: Any) -> str:
+    """The decoding a point runs: ``spec.decoding``, else the papers' baselines: ``er`` for ER methods and, without
+    ER, the secure argmax of vanilla CrypTen decoding (``tokens``)."""
+    from mpcgen.generation.loop import check_decoding
+
+    return check_decoding(spec.decoding or ("er" if config.embedding_resend else "tokens"), config)
+
+
+def make_job(spec: BenchSpec, config: Any, max_new_tokens: int) -> dict[str, Any]:
+    """What every party of a run needs to know (the client's prompt travels apart)."""
     return {"config": config.to_dict(), "checkpoint": spec.checkpoint, "seed": spec.seed, "weights": spec.weights,
-            "max_new_tokens": max_new_tokens, "decoding": spec.decoding, "extra": extra, "progress": spec.progress}
+            "max_new_tokens": max_new_tokens, "decoding": point_decoding(spec, config),
+            "fixed_weights": spec.fixed_weights == "on", "progress": spec.progress}
 
 
 def run_point(spec: BenchSpec, *, netns: Network | None = None, netns_runs: int = 1,
               netns_shaper: str = "auto", netns_mtu: int = 1500) -> dict[str, Any]:
     """Measure one point (loopback; plus the namespace check when ``netns`` is given) and return its record."""
-    from mpcgen.generation.loop import check_decoding, default_decoding
-    from mpcgen.mpc.encrypt import check_weights_mode
-    from mpcgen.mpc.launch import check_provider
+    from mpcgen.mpc.roles import check_provider, check_weights_mode
 
     spec.check()
     check_provider(spec.provider)
     check_weights_mode(spec.weights)
     nets = networks(spec.nets)
     config = load_checkpoint_config(spec) if spec.checkpoint else build_config(spec)
-    decoding = spec.decoding or default_decoding(config)
-    check_decoding(decoding, config)
-    extra, fixed = fixed_weights_option(spec.fixed_weights)
+    decoding = point_decoding(spec, config)
+    fixed = spec.weights == "private" and spec.fixed_weights == "on"
     k, t = spec.measured_tokens, spec.sequence_tokens
     plan = plan_windows(spec, config)
-    job = make_job(dataclasses.replace(spec, decoding=decoding), config, k, extra)
+    job = make_job(dataclasses.replace(spec, decoding=decoding), config, k)
     started, load_before = time.time(), os.getloadavg()
 
     windows = {name: measure_window(spec, config, name, length, job, nets) for name, length in plan}
@@ -509,11 +420,10 @@ def _step(windows: dict[str, Any], where: str, arch: str) -> dict[str, Any] | No
 
 
 def _setup(windows: dict[str, Any]) -> dict[str, Any] | None:
-    """One-time session setup (weight sharing, fixed-weight openings) from the first window's stats: the fields
-    ``setup_*`` where the installed mpcgen reports them (None otherwise). Not part of the sequence's figures."""
-    stats = next(iter(windows.values())).get("stats") or {}
-    fields = {k[len("setup_"):]: v for k, v in stats.items() if k.startswith("setup_")}
-    return fields or None
+    """One-time session setup (weight sharing, fixed-weight openings) from the first window's stats; not part of
+    the sequence's figures."""
+    setup = (next(iter(windows.values())).get("stats") or {}).get("setup")
+    return None if setup is None else setup["total"]
 
 
 __all__ = ["BenchSpec", "METHODS", "bench_party", "build_config", "run_point"]

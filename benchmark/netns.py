@@ -6,11 +6,13 @@ Layout (root only; ``ip`` and ``tc`` from iproute2)::
     namespace mpcb<pid>c: client (rank 1)            10.77.0.2/24  veth --netem delay RTT/2, rate BW--+
 
 Each end of the veth pair gets a ``netem`` qdisc with half the round-trip time as delay and the bandwidth as rate,
-so each direction is shaped on its own (a full-duplex link). The dealer sits beside the server: its traffic with
-the server is loopback (offline traffic, which the projection leaves out too); the client reaches it, and the
-server's rendezvous, over the shaped link. gloo binds to the veth through ``GLOO_SOCKET_IFNAME``. Each party is
-``ip netns exec NS python -m benchmark.party ...``; the namespaces (and with them the veth pair) are deleted on the
-way out, also after an error, Ctrl-C or SIGTERM.
+so each direction is shaped on its own (a full-duplex link). Kernels built without netem (this project's machine:
+``CONFIG_NET_SCH_NETEM`` is not set) get the same link from TUN devices and the user-space emulator
+:mod:`benchmark.linkem` (``shaper="tun"``; ``auto`` picks netem where it exists). The dealer sits beside the
+server: its traffic with the server is loopback (offline traffic, which the projection leaves out too); the client
+reaches it, and the server's rendezvous, over the shaped link. gloo binds to the link's device through
+``GLOO_SOCKET_IFNAME``. Each party is ``ip netns exec NS python -m mpcgen.cli.party generate ...``; the
+namespaces (and with them the devices) are deleted on the way out, also after an error, Ctrl-C or SIGTERM.
 
 The comparison (:func:`check_windows`): for each window the same job runs once more over the link; its measured
 wall time is set against the projection from the loopback run's compute, rounds and bytes (``projected_s``), the
@@ -184,33 +186,41 @@ class ShapedLink:
                 server.kill()
             server.wait(10)
 
-    def launch(self, job: dict[str, Any], prompt: list[int], provider: str, timeout: float) -> list[dict[str, Any]]:
-        """One run with each party in its namespace; [server result, client result] (as ``launch_local``)."""
+    def launch(self, job: dict[str, Any], prompt: list[int], provider: str, timeout: float) -> dict[str, Any]:
+        """One run with each party in its namespace (``python -m mpcgen.cli.party generate``); the client's
+        generation stats, as ``launch_local`` returns them."""
         from mpcgen.checkpoint import write_json
 
         tmp = Path(tempfile.mkdtemp(prefix="mpcgen-netns-"))
         procs: dict[str, subprocess.Popen] = {}
         logs: dict[str, Any] = {}
         try:
-            write_json(tmp / "job.json", job)
-            write_json(tmp / "prompt.json", prompt)
+            write_json(tmp / "config.json", job["config"])
+            write_json(tmp / "prompt.json", [prompt])
             rendezvous = f"tcp://{SERVER_ADDR}:{PORT}"
             roles = ["server", "client"] + (["dealer"] if provider == "ttp" else [])
             for role in roles:
                 side = "client" if role == "client" else "server"
                 cmd = [self.ip, "netns", "exec", self.ns[side], "env", f"GLOO_SOCKET_IFNAME={self.dev[side]}",
-                       sys.executable, "-m", "benchmark.party", "--role", role, "--rendezvous", rendezvous,
-                       "--provider", provider, "--job", str(tmp / "job.json"), "--timeout", str(timeout)]
-                if role != "dealer":
-                    cmd += ["--out", str(tmp / f"{role}.json")]
+                       sys.executable, "-m", "mpcgen.cli.party", "generate", "--role", role,
+                       "--rendezvous", rendezvous, "--provider", provider, "--weights", job["weights"],
+                       "--fixed-weights", "on" if job["fixed_weights"] else "off", "--timeout", str(timeout),
+                       "--threads", "1", "--no-progress"]
+                holds = role == "server" or (role == "client" and job["weights"] == "public")
+                if holds:
+                    cmd += (["--model", job["checkpoint"], "--preset", job["config"]["preset"]] if job["checkpoint"]
+                            else ["--random-config", str(tmp / "config.json"), "--seed-weights", str(job["seed"])])
                 if role == "client":
-                    cmd += ["--prompt", str(tmp / "prompt.json")]
+                    cmd += ["--prompt-ids", str(tmp / "prompt.json"), "--max-new-tokens", str(job["max_new_tokens"]),
+                            "--batch-size", "1", "--out", str(tmp / "client.json")]
+                    if job["decoding"]:
+                        cmd += ["--decoding", job["decoding"]]
                 logs[role] = open(tmp / f"{role}.log", "w+")
                 procs[role] = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=logs[role], stderr=subprocess.STDOUT)
                 if role == "server":
                     time.sleep(1.0)  # let the server open the rendezvous before the others knock
             self._wait(procs, logs, timeout)
-            return [json.loads((tmp / f"{role}.json").read_text()) for role in ("server", "client")]
+            return json.loads((tmp / "client.json").read_text())["results"][0]["stats"]
         finally:
             for proc in procs.values():
                 if proc.poll() is None:
@@ -274,8 +284,11 @@ def compare(loopback: dict[str, Any], shaped: dict[str, Any], net: Network) -> d
     out["measured_over_projected"] = out["measured_s"] / out["projected_s"] if out["projected_s"] else None
     out["measured_over_projected_own_compute"] = out["measured_s"] / out["projected_own_compute_s"]
     # round trips a round really cost, once the bandwidth term is taken off (the formula assumes 1)
-    if lo["rounds"]:
-        out["rtts_per_round"] = (out["measured_network_s"] - out["bandwidth_term_s"]) / (lo["rounds"] * net.rtt_s)
+    if lo["rounds"] and net.rtt_s > 0:
+        latency = lo["rounds"] * net.rtt_s
+        out["rtts_per_round"] = (out["measured_network_s"] - out["bandwidth_term_s"]) / latency
+        # the same with half the bytes each way (both parties send at once in an opening)
+        out["rtts_per_round_duplex"] = (out["measured_network_s"] - out["bandwidth_term_s"] / 2.0) / latency
     if loopback.get("steady") and shaped.get("steady"):
         lo_s, sh_s = loopback["steady"]["total"], shaped["steady"]["total"]
         out["step"] = {"measured_s": sh_s["seconds"], "rounds": lo_s["rounds"], "bytes": lo_s["bytes"],

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from mpcgen.errors import MpcgenError
-from mpcgen.mpc.meter import NETWORKS, project_time
+from mpcgen.mpc.costs import NETWORKS, project_time
 
 _BW_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}

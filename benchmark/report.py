@@ -11,13 +11,11 @@ import csv
 import io
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from benchmark.costs import compute_of
-from mpcgen.checkpoint import write_json
+from mpcgen.io import write_bytes, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +41,7 @@ def row(record: dict[str, Any]) -> dict[str, Any]:
                step_start_cpu_s=start.get("cpu_s"), step_start_rounds=start.get("rounds"),
                step_start_bytes=start.get("bytes"), step_end_s=end.get("seconds"), step_end_cpu_s=end.get("cpu_s"),
                step_end_rounds=end.get("rounds"), step_end_bytes=end.get("bytes"), lan_s=proj.get("lan"),
-               wan_s=proj.get("wan"), setup_s=setup.get("s"), setup_bytes=setup.get("bytes"),
+               wan_s=proj.get("wan"), setup_s=_setup_s(setup), setup_bytes=setup.get("bytes"),
                load_avg=(record.get("host") or {}).get("load_avg", [None])[0])
     return out
 
@@ -57,14 +55,6 @@ def load_points(out: Path) -> list[dict[str, Any]]:
         except (OSError, json.JSONDecodeError) as err:
             logger.warning("skipping %s: %s", path, err)
     return records
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic text write (temp file in the same folder, then ``os.replace``)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -129,7 +119,8 @@ def _sort_key(x: Any) -> tuple:
     return (0, x, "") if isinstance(x, (int, float)) else (1, 0, str(x))
 
 
-def plots(records: Sequence[dict[str, Any]], out: Path, x_name: str, x_of: Callable[[dict[str, Any]], Any]) -> list[Path]:
+def plots(records: Sequence[dict[str, Any]], out: Path, x_name: str,
+          x_of: Callable[[dict[str, Any]], Any]) -> list[Path]:
     """time vs x, bytes vs x (per generated token, one line per method) and stacked op-group bars."""
     import matplotlib
 
@@ -208,10 +199,9 @@ def _axes(ax: Any, numeric: bool, xs: list, pos: dict, x_name: str, title: str) 
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    write_bytes(path, buf.getvalue())
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -269,7 +259,7 @@ def compare_table(records: Sequence[dict[str, Any]]) -> str:
                 f"{_fmt(start.get('rounds'), digits=0)} / {_fmt(start.get('bytes'), 1e6, 1)} | "
                 f"{_fmt(compute_of(end) if end else None)} / {_fmt(end.get('rounds'), digits=0)} / "
                 f"{_fmt(end.get('bytes'), 1e6, 1)} | {_fmt(r['rounds'], digits=0)} / {_fmt(r['bytes'], 1e9)} / "
-                f"{_fmt(r['dealer_bytes'], 1e9)} | {_fmt(setup.get('s'), digits=1)} / "
+                f"{_fmt(r['dealer_bytes'], 1e9)} | {_fmt(_setup_s(setup), digits=1)} / "
                 f"{_fmt(setup.get('bytes'), 1e9)} | {ratio} | {bratio} |")
     return "\n".join(lines) + "\n"
 
@@ -277,7 +267,7 @@ def compare_table(records: Sequence[dict[str, Any]]) -> str:
 def netns_table(records: Sequence[dict[str, Any]]) -> str:
     """Measured time over the shaped link against the projections, one row per record and window."""
     lines = ["| point | link (shaper, MTU, TCP RTT) | rounds | MB | loopback: wall s / CPU s | shaped: wall s / CPU s |"
-             " projected s (duplex) | latency + bandwidth terms s | measured / projected | RTTs per round |",
+             " projected s (duplex) | latency + bandwidth terms s | measured / projected | RTTs per round (duplex) |",
              "|" + "---|" * 10]
     for r in records:
         n = r.get("netns")
@@ -292,8 +282,22 @@ def netns_table(records: Sequence[dict[str, Any]]) -> str:
                 f"{c['loopback_s']:.2f} / {_fmt(c.get('loopback_cpu_s'))} | {c['measured_s']:.2f} / "
                 f"{_fmt(c.get('measured_cpu_s'))} | {c['projected_s']:.2f} ({c['projected_duplex_s']:.2f}) | "
                 f"{c['latency_term_s']:.2f} + {c['bandwidth_term_s']:.2f} | {c['measured_over_projected']:.2f} | "
-                f"{_fmt(c.get('rtts_per_round'))} |")
+                f"{_fmt(c.get('rtts_per_round'))} ({_fmt(_duplex_rtts(c))}) |")
     return "\n".join(lines) + "\n"
+
+
+def _duplex_rtts(c: dict[str, Any]) -> float | None:
+    """RTTs per round with half the bytes each way (also for records written before the field existed)."""
+    if c.get("rtts_per_round_duplex") is not None:
+        return c["rtts_per_round_duplex"]
+    if not c.get("latency_term_s") or c.get("measured_network_s") is None:
+        return None
+    return (c["measured_network_s"] - c["bandwidth_term_s"] / 2.0) / c["latency_term_s"]
+
+
+def _setup_s(setup: dict[str, Any]) -> float | None:
+    """Setup seconds of a record (``seconds``; records written before the one cost model say ``s``)."""
+    return setup.get("seconds", setup.get("s"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,9 @@ msl - prefix decoder tokens. ``--max-new-tokens K`` caps the measured steps; the
 estimated from windows of K steps at the start and the end of the sequence (``--window``; see
 ``benchmark/harness.py`` and ``benchmark/README.md``). Medians over ``--runs``. Projections for LAN, WAN and every
 ``--net BW,RTT`` (e.g. ``1gbit,10ms``; bare numbers are bit/s and seconds); ``--netns NET`` also runs the parties
-in two network namespaces joined by a ``tc netem``-shaped veth pair (root only) and compares.
+in two network namespaces joined by a shaped link (a veth pair with ``tc netem``, or TUN devices and a user-space
+emulator where the kernel has no netem; root only) and compares. The projection's compute term is the CPU time of
+the busier party (``cpu_s``).
 
 Logs go to stderr; the last stdout line is the record as one JSON object (``seconds``, ``bytes``, ``rounds``,
 ``tokens``, ``per_token``, ``groups``, ``projected_s``, ``windows``, ...), also written to ``--json``. User errors
@@ -28,6 +30,9 @@ from typing import Any, Sequence
 
 from benchmark.harness import FIXED_WEIGHTS, METHODS, WINDOWS, BenchSpec, run_point
 from mpcgen.errors import MpcgenError
+from mpcgen.generation.loop import DECODINGS
+from mpcgen.models.geometry import FAMILY_FIELDS
+from mpcgen.mpc.roles import PROVIDERS, WEIGHT_MODES
 
 logger = logging.getLogger("benchmark.run")
 
@@ -41,17 +46,17 @@ def add_point_args(parser: argparse.ArgumentParser, *, geometry: bool = True) ->
         parser.add_argument("--heads", type=int, default=12, help="attention heads (default 12)")
         parser.add_argument("--msl", type=int, default=128, help="maximum sequence length N (default 128)")
     parser.add_argument("--arch", default="decoder", choices=("decoder", "encoder-decoder"))
-    parser.add_argument("--family", default=None, choices=("gpt2", "t5", "bart"),
+    parser.add_argument("--family", default=None, choices=sorted(FAMILY_FIELDS),
                         help="default gpt2 (decoder) / t5 (encoder-decoder)")
     parser.add_argument("--encoder-layers", type=int, default=None, help="encoder-decoders (default --layers)")
     parser.add_argument("--vocab", type=int, default=None, help="default: the family's (50257 / 32128 / 50265)")
     parser.add_argument("--d-ff", type=int, default=None, help="feed-forward width (default 4 x d-model)")
     parser.add_argument("--positions", type=int, default=None, help="n_positions (default msl)")
     parser.add_argument("--prefix-len", type=int, default=4, help="prompt (encoder input) length P (default 4)")
-    parser.add_argument("--weights", default="private", choices=("private", "public"))
-    parser.add_argument("--provider", default="ttp", choices=("ttp", "tfp"))
-    parser.add_argument("--decoding", default=None, choices=("tokens", "er"),
-                        help="default er for ER methods (merge, merge-er-only), else tokens")
+    parser.add_argument("--weights", default="private", choices=WEIGHT_MODES)
+    parser.add_argument("--provider", default="ttp", choices=sorted(PROVIDERS))
+    parser.add_argument("--decoding", default=None, choices=DECODINGS,
+                        help="default er for ER methods (merge, merge-er-only), else tokens (the papers' baseline)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="cap the generated tokens per run at K (default msl - prefix: the whole sequence)")
     parser.add_argument("--window", default="auto", choices=WINDOWS,
@@ -59,8 +64,9 @@ def add_point_args(parser: argparse.ArgumentParser, *, geometry: bool = True) ->
                              "for encoder-decoders)")
     parser.add_argument("--runs", type=int, default=1, help="launches per window; medians are reported")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompt")
-    parser.add_argument("--fixed-weights", default="default", choices=FIXED_WEIGHTS,
-                        help="the fixed-operand weight protocol, where mpcgen has it (default: mpcgen's default)")
+    parser.add_argument("--fixed-weights", default="on", choices=FIXED_WEIGHTS,
+                        help="private weights: open each weight's mask once per session (on, default) or a fresh "
+                             "Beaver triple per product (off)")
     parser.add_argument("--net", action="append", default=[], metavar="BW,RTT",
                         help="extra network to project on, e.g. 1gbit,10ms (repeatable; lan and wan always)")
     parser.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds per launch")
@@ -112,16 +118,19 @@ def summary(record: dict[str, Any]) -> str:
     lines = [f"{r['method']} ({r['decoding']}, {r['weights']} weights, {r['provider']}) {r['arch']} "
              f"L{r['layers']} d{r['d_model']} h{r['heads']} V{r['vocab']}, msl {r['msl']}, prefix {r['prefix_len']}: "
              f"{r['tokens']} tokens{est}",
-             f"  sequence: {r['seconds']:.1f} s ({_f(r['compute_s'])} s compute), {r['rounds']:.0f} rounds, "
+             f"  sequence: {r['seconds']:.1f} s wall ({_f(r.get('cpu_s'))} s CPU), {r['rounds']:.0f} rounds, "
              f"{r['bytes'] / 1e9:.3f} GB online, {_f(r['dealer_bytes'], 1e9, 3)} GB dealer",
-             f"  per token: {per['seconds']:.2f} s, {per['rounds']:.1f} rounds, {per['bytes'] / 1e6:.1f} MB"]
+             f"  per token: {per['seconds']:.2f} s wall ({_f(per.get('cpu_s'), digits=2)} s CPU), "
+             f"{per['rounds']:.1f} rounds, {per['bytes'] / 1e6:.1f} MB"]
     for key in ("step_start", "step_end"):
         s = r.get(key)
         if s:
-            lines.append(f"  full step at positions {s['positions'][0]}-{s['positions'][1]}: {s['seconds']:.2f} s, "
+            lines.append(f"  full step at positions {s['positions'][0]}-{s['positions'][1]}: {s['seconds']:.2f} s wall "
+                         f"({_f(s.get('cpu_s'), digits=2)} s CPU), "
                          f"{s['rounds']:.0f} rounds, {s['bytes'] / 1e6:.1f} MB")
     if r["projected_s"]:
-        lines.append("  projected: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["projected_s"].items()))
+        lines.append("  projected: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["projected_s"].items())
+                     + f" (compute = {r.get('projection_compute', 'compute_s')})")
     if per["groups"]:
         lines.append("  per token by group: " + ", ".join(
             f"{g} {c['bytes'] / 1e6:.1f} MB/{c['rounds']:.0f} r" for g, c in per["groups"].items() if c["rounds"]))
@@ -165,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = run_point(spec_from_args(args), netns=netns, netns_runs=args.netns_runs,
                            netns_shaper=args.netns_shaper, netns_mtu=args.netns_mtu)
     except MpcgenError as err:
-        from mpcgen.generate import one_line
+        from mpcgen.cli import one_line
 
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ The student starts from the teacher's weights (``import_hf(teacher, preset=...)`
 with the losses of :mod:`mpcgen.distill` (each weight a flag; unset flags take the preset's recipe). Output folder
 (default ``stage2_ckpts/<task>-<family>-<preset>``): the best student by validation objective (``config.json`` with
 the preset + ``model.safetensors`` + the teacher's tokenizer), ``training_args.json``, ``trainer_state.json``,
-``resume/`` and ``runs/`` (TensorBoard), written by the stage-1 loop (:class:`mpcgen.trainer.Trainer`).
+``resume/`` and ``runs/`` (TensorBoard), written by the stage-1 loop (:class:`mpcgen.train.Trainer`).
 ``--resume auto`` continues from ``resume/``. The last stdout line is a JSON summary.
 """
 
@@ -32,13 +32,13 @@ import torch
 from transformers import HfArgumentParser
 
 from mpcgen import distill as D
-from mpcgen import training as T
+from mpcgen import train as T
 from mpcgen.checkpoint import check_resume_settings, find_resume
 from mpcgen.data import canonical_task, resolve_data_dir
 from mpcgen.errors import MpcgenError
 from mpcgen.models import PRESETS
 from mpcgen.tokenization import TRUNCATIONS
-from mpcgen.trainer import Trainer, TrainHooks, TrainPlan
+from mpcgen.train import Trainer, TrainHooks, TrainPlan
 
 logger = logging.getLogger("distill.run")
 
@@ -131,6 +131,7 @@ def _init_from_teacher(student, sargs: StudentArguments, rows: list, collate) ->
     if norms:
         logger.info("%d %s norms calibrated to the teacher's norm input statistics over %d examples",
                     D.init_affine_norms(student, stats), student.config.norm, len(rows))
+
 
 
 def run(sargs: StudentArguments, largs: LossArguments, targs: TrainArguments) -> dict:

@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 # Loaded on first use, so that `import mpcgen` stays light (no torch / CrypTen until generation is asked for).
 _LAZY = {"generate_private": "mpcgen.generation", "generate_plain": "mpcgen.generation",
+         "TokenChooser": "mpcgen.generation",
          "PrivateGeneration": "mpcgen.generation", "GenerationStats": "mpcgen.generation"}
 
 
@@ -21,4 +22,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'mpcgen' has no attribute {name!r}")
 
 
-__all__ = ["GenerationStats", "MpcgenError", "PrivateGeneration", "__version__", "generate_plain", "generate_private"]
+__all__ = ["GenerationStats", "MpcgenError", "PrivateGeneration", "TokenChooser", "__version__", "generate_plain", "generate_private"]

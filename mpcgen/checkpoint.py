@@ -1,4 +1,5 @@
-"""Checkpoint IO for training stages: atomic writes, the best model in Hugging Face format, and resume states.
+"""Checkpoint IO for training stages: the best model in Hugging Face format and resume states (atomic writes by
+:mod:`mpcgen.io`).
 
 Layout of an output folder ``<out>``:
 
@@ -8,17 +9,13 @@ Layout of an output folder ``<out>``:
   that are not there yet. Between two best saves only the weights and the state files change.
 * ``<out>/resume/``: the latest training state (``model.safetensors``, ``optimizer.safetensors`` + ``state.json``).
   Written as a whole folder and swapped in with two renames; if a run dies between them, the previous state is
-  still at ``<out>/resume.old`` and :func:`load_resume` picks it up.
+  still at ``<out>/resume.old`` and :func:`find_resume` picks it up.
 
 No pickles: tensors go to safetensors, everything else (step, schedule, RNG seeds, accountant history) to JSON.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,23 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mpcgen.errors import MpcgenError
+# write_json / read_json stay importable from here for the modules that still do so.
+from mpcgen.io import read_json, replacing_files, replacing_folder, write_json
 
 RESUME_DIR = "resume"
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 def check_resume_settings(resume_dir: Path, args: dict[str, Any], keys: Sequence[str]) -> None:
@@ -62,14 +46,9 @@ def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_best(out: Path, model, tokenizer, *, training_args: dict, trainer_state: dict) -> None:
     """Save the best model (plain HF format) and the two JSON files at the top level of ``out``."""
     out = Path(out)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-best-"))
-    try:
+    with replacing_files(out, prefix=".tmp-best-") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        for item in sorted(tmp.iterdir()):
-            os.replace(item, out / item.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     write_json(out / "training_args.json", training_args)
     write_json(out / "trainer_state.json", trainer_state)
 
@@ -104,9 +83,7 @@ def save_resume(
     With the config and tokenizer inside, a resumed run rebuilds its model without the original source (a Hub name
     or a freshly trained BPE tokenizer).
     """
-    out = Path(out)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".tmp-resume-"))
-    try:
+    with replacing_folder(Path(out) / RESUME_DIR) as tmp:
         if config is not None:
             config.save_pretrained(tmp)
         if tokenizer is not None:
@@ -117,15 +94,6 @@ def save_resume(
         rng = {"torch": torch.get_rng_state()}
         save_file(rng, str(tmp / "rng.safetensors"))
         write_json(tmp / "state.json", {**state, "optimizer": opt_meta})
-        final, old = out / RESUME_DIR, out / f"{RESUME_DIR}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def find_resume(out: Path) -> Path | None:

@@ -162,6 +162,26 @@ def encode_prompt(
     return [_special_id(tokenizer, "bos_token")] + src + [_special_id(tokenizer, "sep_token")]
 
 
+def encode_sources(tokenizer: PreTrainedTokenizerBase, sources: Sequence[str], *, is_encoder_decoder: bool,
+                   n_positions: int | None, max_new_tokens: int) -> list[list[int]]:
+    """Prompts for evaluation-style decoding of many sources, truncated to what the model's positions leave.
+
+    Decoder-only prompts share the positions with the ``max_new_tokens`` generated tokens; encoder inputs have all
+    ``n_positions`` (None: no learned position table, e.g. T5, so nothing is cut). Sources are cut as in training
+    (source first); how many were cut is logged as a warning.
+    """
+    room = None if n_positions is None else (n_positions if is_encoder_decoder else n_positions - max_new_tokens)
+    if room is not None and room < 3:
+        raise MpcgenError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's "
+                          f"{n_positions} positions; lower --max-new-tokens")
+    before = TRUNCATIONS["prompt"]
+    prompts = [encode_prompt(tokenizer, s, is_encoder_decoder=is_encoder_decoder, max_length=room) for s in sources]
+    if TRUNCATIONS["prompt"] > before:
+        logger.warning("%d of %d prompts truncated to %d tokens (the model has %d positions)",
+                       TRUNCATIONS["prompt"] - before, len(sources), room, n_positions)
+    return prompts
+
+
 def decode_output(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
     """Text of generated ids: stop at the first eos, drop special tokens, strip whitespace.
 

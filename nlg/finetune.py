@@ -25,12 +25,12 @@ import torch
 import torch.distributed as dist
 from transformers import HfArgumentParser
 
+from mpcgen import train as T
 from mpcgen.data import canonical_task, resolve_data_dir
 from mpcgen.errors import MpcgenError
+from mpcgen.models.config import FAMILIES
 from mpcgen.tokenization import TRUNCATIONS, train_bpe_tokenizer
-from mpcgen import training as T
-from mpcgen.trainer import Trainer, TrainPlan
-from mpcgen.training import load_splits
+from mpcgen.train import Trainer, TrainPlan, load_splits
 
 logger = logging.getLogger("nlg.finetune")
 
@@ -48,7 +48,7 @@ class DataArguments:
 
 @dataclass
 class ModelArguments:
-    model: str = field(default="gpt2", metadata={"help": f"model family: one of {sorted(T.FAMILIES)}"})
+    model: str = field(default="gpt2", metadata={"help": f"model family: one of {sorted(FAMILIES)}"})
     init: str = field(default="pretrained", metadata={"help": "pretrained (from_pretrained) | scratch (random init)"})
     name_or_path: Optional[str] = field(default=None, metadata={
         "help": "pretrained checkpoint (default gpt2 / t5-small / facebook/bart-base)"})

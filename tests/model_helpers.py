@@ -70,3 +70,31 @@ def secret_inputs(crypten, kw):
     if "decoder_input_ids" in kw:
         return {"one_hot": enc(kw["input_ids"]), "decoder_one_hot": enc(kw["decoder_input_ids"])}
     return {"one_hot": enc(kw["input_ids"])}
+
+
+def run_roles(commands: dict[str, list[str]], env: dict[str, str], timeout: float) -> dict[str, tuple[str, str]]:
+    """Start one process per role (server, client, dealer), wait for all, kill any left on the way out; every role
+    must exit 0. Returns ``{role: (stdout, stderr)}``."""
+    import subprocess
+
+    procs = {role: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for role, cmd in commands.items()}
+    try:
+        outputs = {role: proc.communicate(timeout=timeout) for role, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for role, proc in procs.items():
+        assert proc.returncode == 0, f"{role} failed:\n{outputs[role][1][-3000:]}"
+    return outputs
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

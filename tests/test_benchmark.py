@@ -18,13 +18,12 @@ import shutil
 import pytest
 
 from benchmark import costs
-from benchmark.harness import BenchSpec, build_config, fixed_weights_option, launch_local, make_job, prompt_ids, \
-    run_phases
+from benchmark.harness import BenchSpec, build_config, launch_local, make_job, prompt_ids, run_phases, run_point
 from benchmark.network import networks, parse_network
 from benchmark.run import main as run_main
 from benchmark.sweep import main as sweep_main
 from mpcgen.errors import MpcgenError
-from mpcgen.mpc.meter import NETWORKS
+from mpcgen.mpc.costs import NETWORKS
 
 TINY = ["--layers", "1", "--d-model", "32", "--heads", "2", "--vocab", "64"]
 REQUIRED = ("seconds", "compute_s", "rounds", "bytes", "tokens", "per_token", "groups", "projected_s", "windows",
@@ -81,9 +80,9 @@ def test_record_is_complete(merge_run):
               + start["finish"]["total"]["bytes"] + reveal * (4 / 3 - 1))
     assert record["bytes"] == pytest.approx(expect)
     assert record["step_end"]["positions"] == [5, 6] and record["step_start"]["positions"] == [4, 5]
-    # the session's one-time setup (weight sharing / fixed weights), where mpcgen reports it
-    if "setup_s" in start["stats"]:
-        assert record["setup"]["s"] == start["stats"]["setup_s"]
+    # the session's one-time setup (weight sharing, fixed-weight openings), apart from the sequence's figures
+    assert record["fixed_weights"] is True and record["setup"]["rounds"] > 0
+    assert record["setup"] == start["stats"]["setup"]["total"]
 
 
 def test_projection_matches_formula(merge_run):
@@ -118,9 +117,9 @@ def test_vanilla_tokens_deterministic_per_group():
     in every phase and op group."""
     spec = BenchSpec(method="vanilla", layers=1, d_model=16, heads=2, vocab=32, msl=6, prefix_len=4, provider="tfp")
     config = build_config(spec)
-    job = make_job(spec, config, 2, {})
+    job = make_job(spec, config, 2)
     prompt = prompt_ids(config.vocab_size, spec.prefix_len, spec.seed)
-    runs = [run_phases(launch_local(job, prompt, "tfp", 300))[0] for _ in range(2)]
+    runs = [run_phases(launch_local(job, prompt, "tfp", 300)) for _ in range(2)]
     assert len(runs[0]) == len(runs[1]) == 4  # prompt, 2 steps, finish
     for a, b in zip(*runs):
         assert set(a["groups"]) == set(b["groups"])
@@ -200,26 +199,14 @@ def test_user_errors(argv, message, capsys):
     assert code == 2 and message in err and err.count("\n") == 1, err
 
 
-def test_fixed_weights_option():
-    from mpcgen.generation import generation_party
-    import inspect
-
-    supported = "fixed_weights" in inspect.signature(generation_party).parameters
-    if supported:
-        assert fixed_weights_option("on") == ({"fixed_weights": True}, True)
-        assert fixed_weights_option("off") == ({"fixed_weights": False}, False)
-    else:
-        with pytest.raises(MpcgenError, match="no fixed-operand weight protocol"):
-            fixed_weights_option("on")
-        assert fixed_weights_option("off") == ({}, None)
-
-
-def test_costs_combine_parties():
-    a = {"seconds": 2.0, "comm_seconds": 1.5, "rounds": 3, "bytes": 100.0, "dealer_rounds": 0, "dealer_bytes": 0.0}
-    b = {"seconds": 2.5, "comm_seconds": 0.5, "rounds": 3, "bytes": 100.0, "dealer_rounds": 2, "dealer_bytes": 9.0}
-    c = costs.combine_parties([a, b])
-    assert c == {"seconds": 2.5, "compute_s": 2.0, "cpu_s": None, "comm_s": 1.5, "rounds": 3, "bytes": 100.0,
-                 "dealer_rounds": 2, "dealer_bytes": 9.0}
+def test_fixed_weights_cut_per_token_bytes():
+    """The same point with fixed-mask weights and with fresh Beaver triples: identical tokens' rounds per step, far
+    fewer online bytes per token with fixed masks, and a one-time setup only with them."""
+    common = dict(method="merge", layers=1, d_model=32, heads=2, vocab=64, msl=7, prefix_len=4, provider="tfp")
+    on, off = (run_point(BenchSpec(**common, fixed_weights=choice)) for choice in ("on", "off"))
+    assert on["fixed_weights"] is True and off["fixed_weights"] is False
+    assert on["per_token"]["bytes"] < 0.5 * off["per_token"]["bytes"]
+    assert on["setup"]["bytes"] > 0 and on["setup"]["rounds"] > off["setup"]["rounds"]
 
 
 @pytest.mark.slow

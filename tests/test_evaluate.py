@@ -1,4 +1,4 @@
-"""Plaintext decoding (mpcgen.decoding) and the evaluation CLI (nlg.evaluate) on tiny random models.
+"""Plaintext decoding (mpcgen.generation.hf, .texts) and the evaluation CLI (nlg.evaluate) on tiny random models.
 
 The models are built from configs (no Hub access) with a BPE tokenizer trained on a few E2E texts, and saved in the
 stage-1 checkpoint layout: HF model + tokenizer files + training_args.json.
@@ -21,10 +21,12 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from mpcgen import decoding
 from mpcgen.data import load_grouped
-from mpcgen.decoding import generate_texts, left_pad
 from mpcgen.errors import MpcgenError
+from mpcgen.evaluation import _train_split_note
+from mpcgen.generation import hf as decoding
+from mpcgen.generation.hf import generate_texts, left_pad
+from mpcgen.metrics import corpus_scores
 from mpcgen.tokenization import encode_prompt, train_bpe_tokenizer
 from nlg import evaluate
 
@@ -191,9 +193,13 @@ def _run(capsys, ckpt: Path, data_dir: Path, *extra: str) -> dict:
 def test_cli_writes_predictions_and_metrics(capsys, checkpoints, data_dir, name):
     ckpt = checkpoints[name]
     printed = _run(capsys, ckpt, data_dir)
-    assert 0.0 <= printed["bleu"] <= 1.0 and printed["n"] == 5
     lines = (ckpt / "predictions-test.txt").read_text(encoding="utf-8").split("\n")
     assert len(lines) == 6 and lines[-1] == ""  # 5 lines, each newline-terminated
+    # the scores are those of the written predictions against the first five test sources' references
+    refs = load_grouped("e2e", "test", data_dir)[:5]
+    expect = corpus_scores(lines[:5], [list(ex.references) for ex in refs], slots=[list(ex.slots) for ex in refs],
+                           task="e2e_nlg")
+    assert printed["n"] == 5 and all(printed[k] == pytest.approx(v) for k, v in expect.items())
     metrics = json.loads((ckpt / "metrics-test.json").read_text())
     assert METRIC_KEYS <= set(metrics) and metrics == printed
     assert metrics["decoding"]["num_beams"] == 1 and metrics["limit"] == 5 and metrics["task"] == "e2e_nlg"
@@ -230,12 +236,36 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, checkpoints, data_di
     assert capsys.readouterr().out == ""  # no JSON line on failure
 
 
-def test_unknown_checkpoint_kind_lists_kinds(tmp_path):
-    with pytest.raises(MpcgenError, match=r"\['hf', 'student'\]"):
-        evaluate.checkpoint_kind(tmp_path)
+def test_unknown_checkpoint_kind_names_both_kinds(tmp_path):
+    from mpcgen.models.loading import model_kind
+
+    with pytest.raises(MpcgenError, match="neither a saved mpcgen student .* nor a Hugging Face teacher"):
+        model_kind(tmp_path)
 
 
 def test_multiwoz_note_says_trained_on_validation():
-    note = evaluate._train_split_note("multiwoz_nlg", "test", {"train_split": "validation"})
+    note = _train_split_note("multiwoz_nlg", "test", {"train_split": "validation"})
     assert note and "validation" in note
-    assert evaluate._train_split_note("e2e_nlg", "test", {"train_split": "train"}) is None
+    assert _train_split_note("e2e_nlg", "test", {"train_split": "train"}) is None
+
+
+@pytest.mark.parametrize("preset", ["mpcformer", "merge"])
+def test_student_scoring_runs_the_private_loop(capsys, checkpoints, data_dir, tmp_path, preset):
+    """What nlg.evaluate scores a student with is what private generation produces: the predictions it writes
+    equal generate_plain's texts (the reference private generation must match) for the same sources."""
+    from mpcgen.generation import generate_plain
+    from mpcgen.models import import_hf, save_pretrained
+
+    student = import_hf(checkpoints["gpt2"], preset=preset)
+    with torch.no_grad():  # a non-trivial student: constant attention / approximations away from the teacher's
+        for param in student.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    out = tmp_path / preset
+    save_pretrained(student, out, tokenizer=student.tokenizer)
+    (out / "training_args.json").write_text(json.dumps({"task": "e2e_nlg", "preset": preset}))
+    printed = _run(capsys, out, data_dir)
+    assert printed["checkpoint_kind"] == "student"
+    sources = [ex.source for ex in load_grouped("e2e", "test", data_dir)[:5]]
+    written = (out / "predictions-test.txt").read_text(encoding="utf-8").splitlines()
+    plain = generate_plain(out, sources, max_new_tokens=MAX_NEW)
+    assert written == [" ".join(r.text.split()) for r in plain]

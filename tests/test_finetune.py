@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mpcgen import training as T
+from mpcgen import train as T
 from mpcgen.errors import MpcgenError
 from nlg.finetune import load_splits, main
 

@@ -1,6 +1,7 @@
 """Fixed-operand weights (mpcgen.mpc.fixed): one mask per weight, distinct across weights, opened once per session;
 products agree with fresh Beaver triples; the server sees only masked client data; generation's per-token traffic
-drops to the activations' size. Real two-party CrypTen runs on loopback."""
+drops to the activations' size; each party's state lives in the session that init_party installs. Real two-party
+CrypTen runs on loopback."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from mpcgen.mpc import fixed
-from mpcgen.mpc.launch import CLIENT, PROVIDERS, SERVER, run_parties
+from mpcgen.mpc.launch import run_parties
+from mpcgen.mpc.roles import CLIENT, PROVIDERS, SERVER
 
 SCALE = 1 << 16
 
@@ -18,12 +20,19 @@ SCALE = 1 << 16
 def _weights_party(rank: int, fixed_on: bool) -> dict:
     """Three identical weights and a gain, shared by the server; the client's one-hot rows go through a lookup,
     a gain, a (masked, sliced) left product and a tied-transpose product, as the models use weights."""
+    from crypten.mpc.primitives import beaver
+
     from mpcgen.mpc.compat import crypten
     from mpcgen.mpc.encrypt import encrypt_input, encrypt_model
+    from mpcgen.mpc.meter import CostMeter
 
+    session = fixed.session()  # installed by init_party, fresh for this launch
+    assert session.counters == dict.fromkeys(fixed.COUNTER_NAMES, 0)
+    assert all(getattr(beaver, op)._fixed_session is session for op in fixed.OPS)
     comm = crypten.communicator.get()
     opened: list[torch.Tensor] = []
     original = comm.all_reduce
+    assert "all_reduce" not in vars(comm)
 
     def recording(tensor, *args, **kwargs):  # what this party learns from every opening
         out = original(tensor, *args, **kwargs)
@@ -42,19 +51,29 @@ def _weights_party(rank: int, fixed_on: bool) -> dict:
         ids = torch.tensor([[1, 4, 2]])
         one_hot = torch.nn.functional.one_hot(ids, 6).float() if rank == CLIENT else None
         x = encrypt_input(one_hot, (1, 3, 6), src=CLIENT)
-        before = fixed.COUNTERS["products"]
+        before = session.counters["products"]
+        meter = CostMeter().start()  # metering wraps the TTP client's requests only while it runs
         rows = x.matmul(module.w1)  # (1, 3, 4) embedding lookup by one-hot product
         scaled = rows * module.gain
         causal = torch.tril(torch.ones(3, 3))
         mixed = (module.w2[:3, :3].unsqueeze(0) * causal).matmul(scaled)  # weight on the left, sliced and masked
         logits = mixed.matmul(module.w3.transpose(0, 1))  # tied LM head
-        products = fixed.COUNTERS["products"] - before
+        products = session.counters["products"] - before
+        meter.stop()
         out = {name: t.get_plain_text(dst=CLIENT) for name, t in
                (("rows", rows), ("scaled", scaled), ("mixed", mixed), ("logits", logits))}
-    comm.all_reduce = original
+    del comm.all_reduce  # the recording wrapper was an instance attribute: back to the class's method
+    wrapped = {}
+    if crypten.mpc.ttp_required():
+        from crypten.mpc.provider.ttp_provider import TTPClient
+
+        wrapped["ttp_request"] = "ttp_request" in vars(TTPClient.get())
     keys = [module.w1._tensor.key, module.w2._tensor.key, module.w3._tensor.key] if fixed_on else []
+    assert fixed.session() is session
     return {"out": out if rank == CLIENT else None, "products": products, "keys": keys,
-            "setup": setup_openings, "opened": opened[len(setup_openings):], "one_hot": one_hot}
+            "setup": setup_openings, "opened": opened[len(setup_openings):], "one_hot": one_hot,
+            "counters": dict(session.counters), "wrapped": wrapped,
+            "weight_sessions": {getattr(w._tensor, "session", None) is session for w in (module.w1, module.w3)}}
 
 
 def _reference() -> dict[str, torch.Tensor]:
@@ -83,6 +102,35 @@ def test_fixed_products_match_plaintext_and_fresh_triples(provider: str) -> None
     # All four products (lookup, gain, left product, transposed product) took the fixed path, on both parties.
     assert server["products"] == client["products"] == 4
     assert _run(provider, False)[0]["products"] == 0
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_session_counts_setups_products_and_openings(provider: str) -> None:
+    """Each party's counters live in its session (fresh per launch) and count exactly this launch's work."""
+    server, client = _run(provider, True)
+    fresh_server, _ = _run(provider, False)
+    # Four weights fixed (w1, w2, w3: 6 x 4; gain: 4); four products, each opening its activation only: the
+    # (1, 3, 6) one-hot, then three (1, 3, 4) activations (rows for the gain, scaled, mixed).
+    for party in (server, client):
+        assert party["counters"]["setups"] == 4
+        assert party["counters"]["setup_values"] == 3 * 24 + 4
+        assert party["counters"]["products"] == 4
+        assert party["counters"]["product_values"] == 18 + 3 * 12
+        assert party["weight_sessions"] == {True}
+        assert party["wrapped"] == ({"ttp_request": False} if provider == "ttp" else {})
+    assert server["counters"] == client["counters"]
+    assert fresh_server["counters"] == dict.fromkeys(fixed.COUNTER_NAMES, 0)
+
+
+def test_fixing_a_weight_needs_an_installed_session(crypten) -> None:
+    """Outside a party started by init_party there is no session: encrypt_model says so instead of patching."""
+    from mpcgen.errors import MpcgenError
+    from mpcgen.mpc.encrypt import encrypt_model
+
+    assert not fixed.installed()
+    with pytest.raises(MpcgenError, match="no fixed-weight session"):
+        encrypt_model(torch.nn.Linear(2, 2), weights="private", fixed=True)
+    encrypt_model(torch.nn.Linear(2, 2), weights="private", fixed=False)  # CrypTen's own products need none
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
@@ -126,6 +174,7 @@ def test_generation_traffic_per_token_drops() -> None:
     on, off = runs[True].stats, runs[False].stats
     assert runs[True].all_tokens == runs[False].all_tokens
     assert on.fixed_weights and not off.fixed_weights
-    assert on.setup_rounds > 0 and on.setup_bytes > 0 and off.setup_bytes == 0
-    assert sum(on.per_token_rounds) == sum(off.per_token_rounds)  # same rounds: one opening per product either way
-    assert sum(on.per_token_bytes) < 0.2 * sum(off.per_token_bytes)
+    assert on.setup.rounds > 0 and on.setup.online_bytes > 0 and off.setup.online_bytes == 0
+    # same rounds per token: one opening per product either way; the bytes drop to the activations' masks
+    assert sum(s.rounds for s in on.steps) == sum(s.rounds for s in off.steps) > 0
+    assert sum(s.online_bytes for s in on.steps) < 0.2 * sum(s.online_bytes for s in off.steps)

@@ -12,7 +12,8 @@ from torch import nn
 
 from mpcgen.mpc.compat import crypten
 from mpcgen.mpc.launch import run_parties
-from mpcgen.mpc.meter import NETWORKS, CostMeter, CostReport, PartyCost, project_time
+from mpcgen.mpc.costs import NETWORKS, Cost, CostReport, GroupCost, PartyCost, project_time
+from mpcgen.mpc.meter import CostMeter
 
 N = 1000  # elements of the secret x secret product
 
@@ -104,33 +105,33 @@ def test_a_product_costs_one_round_and_its_beaver_openings(reports, provider: st
         assert party.groups["linear"].bytes == 32 * N
         assert party.groups["activation"].rounds == 1 and party.groups["activation"].bytes == 32 * N
     linear = report.groups["linear"]
-    assert linear["rounds"] == 1 and linear["online_bytes"] == 32 * N
+    assert linear.rounds == 1 and linear.bytes == 32 * N
     # Innermost wins: the tagged module inside the section took the product; the wrapper's own work is local.
-    assert report.groups["activation"]["online_bytes"] == 32 * N
-    assert report.groups["attention"]["online_bytes"] == 0 and report.groups["attention"]["rounds"] == 0
-    assert report.groups.get("lm_head", {"rounds": 0, "online_bytes": 0})["online_bytes"] == 0
+    assert report.groups["activation"].bytes == 32 * N
+    assert report.groups["attention"].bytes == 0 and report.groups["attention"].rounds == 0
+    assert report.groups.get("lm_head", Cost()).bytes == 0
     # Revealing to one party: the other sends its N shares (one reduce; both ends count it).
-    assert report.groups["reveal"]["rounds"] == 1 and report.groups["reveal"]["online_bytes"] == 8 * N
+    assert report.groups["reveal"].rounds == 1 and report.groups["reveal"].bytes == 8 * N
     assert report.rounds == 3 and report.online_bytes == 72 * N
 
 
 def test_dealer_traffic_is_kept_apart(reports) -> None:
     tfp, ttp = reports["tfp"][0], reports["ttp"][0]
     # Online traffic does not depend on who made the triples.
-    assert {g: (v["rounds"], v["online_bytes"]) for g, v in ttp.groups.items()} == \
-        {g: (v["rounds"], v["online_bytes"]) for g, v in tfp.groups.items()}
+    assert {g: (v.rounds, v.bytes) for g, v in ttp.groups.items()} == \
+        {g: (v.rounds, v.bytes) for g, v in tfp.groups.items()}
     assert tfp.dealer_bytes == 0 and tfp.dealer_rounds == 0
     # TTP: per product, rank 0 sends a request, receives a size and the N-element share of c (3 exchanges).
     for group in ("linear", "activation"):
-        assert ttp.groups[group]["dealer_rounds"] == 3
-        assert 8 * N <= ttp.groups[group]["dealer_bytes"] < 8 * N + 1024  # + the small request / size messages
+        assert ttp.groups[group].dealer_rounds == 3
+        assert 8 * N <= ttp.groups[group].dealer_bytes < 8 * N + 1024  # + the small request / size messages
     assert ttp.parties[1].total().dealer_bytes == 0  # rank 1 draws its tuple shares from a shared seed
 
 
 def test_counts_are_deterministic(reports) -> None:
     for provider, (first, second) in reports.items():
         def counts(report: CostReport) -> dict:
-            return {g: (v["rounds"], v["online_bytes"], v["dealer_rounds"], v["dealer_bytes"])
+            return {g: (v.rounds, v.bytes, v.dealer_rounds, v.dealer_bytes)
                     for g, v in report.groups.items()}
         assert counts(first) == counts(second), provider
 
@@ -139,11 +140,35 @@ def test_report_to_dict(reports) -> None:
     out = reports["ttp"][0].to_dict()
     assert out["provider"] == "ttp" and len(out["parties"]) == 2
     assert set(out["projected_s"]) == set(NETWORKS)
-    assert out["projected_s"]["wan"] >= out["projected_s"]["lan"] >= out["wall_s"]
+    assert out["projected_s"]["wan"] >= out["projected_s"]["lan"] >= out["total"]["cpu_s"] > 0
+    assert CostReport.from_dict(out).to_dict() == out
+
+
+def test_combine_rule() -> None:
+    """Seconds, communication time, compute and rounds: the most of any party; link bytes: summed and halved;
+    dealer traffic: summed; CPU time: the most, unknown if any party's is."""
+    a = GroupCost(seconds=2.0, comm_seconds=1.5, rounds=3, bytes=100.0)
+    b = GroupCost(seconds=2.5, comm_seconds=0.5, rounds=3, bytes=100.0, dealer_rounds=2, dealer_bytes=9.0)
+    assert Cost.combine([a, b], [1.0, 3.0]) == Cost(seconds=2.5, compute_s=2.0, cpu_s=3.0, comm_s=1.5, rounds=3,
+                                                    bytes=100.0, dealer_rounds=2, dealer_bytes=9.0)
+    assert Cost.combine([a, b], [1.0, None]).cpu_s is None
+
+
+def test_phases_of_snapshots_add_up() -> None:
+    """Snapshots of one meter cut a run into phases that add up to the run (PartyCost.since)."""
+    first = PartyCost(0, 1.0, {"linear": GroupCost(seconds=1.0, rounds=2, bytes=10.0)}, cpu_s=0.5)
+    later = PartyCost(0, 3.0, {"linear": GroupCost(seconds=2.0, rounds=5, bytes=30.0),
+                               "norm": GroupCost(seconds=1.0, rounds=1, bytes=4.0)}, cpu_s=2.0)
+    step = later.since(first)
+    assert step.wall_s == 2.0 and step.cpu_s == 1.5
+    assert step.groups["linear"] == GroupCost(seconds=1.0, rounds=3, bytes=20.0) and step.groups["norm"].rounds == 1
+    whole = CostReport.sum([CostReport.from_parties([first], provider="tfp"),
+                            CostReport.from_parties([step], provider="tfp")])
+    assert whole.total.rounds == later.total().rounds and whole.groups["linear"].rounds == 5
 
 
 def test_cost_cli_small_geometry(capsys, tmp_path) -> None:
-    from mpcgen.mpc.cost import main
+    from mpcgen.cli.cost import main
 
     out_json = tmp_path / "cost.json"
     argv = ["--preset", "merge", "--layers", "1", "--d-model", "16", "--heads", "2", "--vocab", "40", "--tokens", "4",
@@ -157,11 +182,14 @@ def test_cost_cli_small_geometry(capsys, tmp_path) -> None:
     # one-hot's mask is opened; the table's opening F = W - B is the session's setup.
     assert record["fixed_weights"] is True
     assert record["groups"]["embed"]["rounds"] == 1
-    assert record["groups"]["embed"]["online_bytes"] == 2 * (4 * 40) * 8
-    assert record["groups"]["setup"]["online_bytes"] >= 2 * (40 * 16) * 8
+    assert record["groups"]["embed"]["bytes"] == 2 * (4 * 40) * 8
+    assert record["groups"]["setup"]["bytes"] >= 2 * (40 * 16) * 8
     assert main(argv + ["--fixed-weights", "off"]) == 0
     fresh = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert fresh["fixed_weights"] is False and "setup" in fresh["groups"]  # weight sharing, no openings
-    assert fresh["groups"]["embed"]["online_bytes"] == 2 * (4 * 40 + 40 * 16) * 8  # fresh triple: both opened
-    assert fresh["groups"]["setup"]["online_bytes"] == 0
-    assert main(argv[:1] + ["nonsense"] + argv[2:]) == 2
+    assert fresh["groups"]["embed"]["bytes"] == 2 * (4 * 40 + 40 * 16) * 8  # fresh triple: both opened
+    assert fresh["groups"]["setup"]["bytes"] == 0
+    assert main(argv[:2] + ["--tokens", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # an unknown preset is refused by argparse (choices from PRESETS)
+        main(argv[:1] + ["nonsense"] + argv[2:])
+    assert exit_.value.code == 2

@@ -10,8 +10,6 @@ import functools
 import json
 import math
 import os
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -20,11 +18,14 @@ from typing import Any
 import pytest
 import torch
 
+from model_helpers import free_port, run_roles
+
 from mpcgen.models import PRESETS, ModelConfig, build_model, save_pretrained
 from mpcgen.mpc import fixed
 from mpcgen.mpc.compat import crypten
-from mpcgen.mpc.encrypt import WEIGHT_MODES, encrypt_input
-from mpcgen.mpc.launch import CLIENT, PROVIDERS, SERVER, run_parties
+from mpcgen.mpc.encrypt import encrypt_input
+from mpcgen.mpc.launch import run_parties
+from mpcgen.mpc.roles import CLIENT, PROVIDERS, SERVER, WEIGHT_MODES
 from mpcgen.mpc.runtime import forward_party, private_forward
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,11 +144,11 @@ def matrix_party(rank: int, cases: list, models: list, inputs: list) -> list[Cas
     for case, model, inp in zip(cases, models, inputs):
         ids, dec_ids = inp if inp is not None else (None, None)
         start = time.perf_counter()
-        products = fixed.COUNTERS["products"]
+        products = fixed.session().counters["products"]
         out = forward_party(rank, model, ids, dec_ids, weights=case[2].partition("-")[0],
                             fixed_weights=case[2] != FRESH)
         outcomes.append(CaseOutcome(case, out.logits, out.report is not None, time.perf_counter() - start,
-                                    fixed.COUNTERS["products"] - products))
+                                    fixed.session().counters["products"] - products))
     return outcomes
 
 
@@ -203,15 +204,10 @@ def test_private_forward_api_reports_costs() -> None:
     assert_close_mpc(result.logits, plaintext_logits(model, ids, None), TOLERANCE["mpcformer"], "private_forward")
     cost = result.cost.to_dict()
     assert cost["provider"] == "ttp" and result.provider == "ttp" and result.weights == "private"
-    assert cost["rounds"] > 0 and cost["online_bytes"] > 0 and cost["dealer_bytes"] > 0
+    assert cost["total"]["rounds"] > 0 and cost["total"]["bytes"] > 0 and cost["total"]["dealer_bytes"] > 0
+    assert result.cost.rounds == cost["total"]["rounds"] and result.cost.online_bytes == cost["total"]["bytes"]
     assert {"embed", "linear", "attention", "activation", "norm", "lm_head"} <= set(cost["groups"])
     assert len(cost["parties"]) == 2 and cost["projected_s"]["wan"] > cost["projected_s"]["lan"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_party_cli_over_tcp_loopback(tmp_path) -> None:
@@ -219,41 +215,32 @@ def test_party_cli_over_tcp_loopback(tmp_path) -> None:
     model = make_model("gpt2", "merge", seed=3)
     save_pretrained(model, tmp_path / "student")
     ids, _ = make_inputs("gpt2", seed=4)
-    rendezvous = f"tcp://127.0.0.1:{_free_port()}"
-    common = [sys.executable, "-m", "mpcgen.mpc.party", "--rendezvous", rendezvous, "--provider", "ttp",
+    rendezvous = f"tcp://127.0.0.1:{free_port()}"
+    common = [sys.executable, "-m", "mpcgen.cli.party", "forward", "--rendezvous", rendezvous, "--provider", "ttp",
               "--timeout", "60"]
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     out_json, out_logits = tmp_path / "client.json", tmp_path / "logits.pt"
     commands = {
         "server": common + ["--role", "server", "--model", str(tmp_path / "student")],
         "client": common + ["--role", "client", "--ids", ",".join(map(str, ids[0].tolist())),
-                            "--json", str(out_json), "--logits-out", str(out_logits)],
+                            "--out", str(out_json), "--logits-out", str(out_logits)],
         "dealer": common + ["--role", "dealer"],
     }
-    procs = {role: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for role, cmd in commands.items()}
-    try:
-        outputs = {role: proc.communicate(timeout=120) for role, proc in procs.items()}
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for role, proc in procs.items():
-        assert proc.returncode == 0, f"{role} failed:\n{outputs[role][1][-3000:]}"
-    assert outputs["server"][0].strip() == "" and outputs["dealer"][0].strip() == ""  # nothing revealed to them
+    outputs = run_roles(commands, env, 120)
+    server = json.loads(outputs["server"][0].strip().splitlines()[-1])  # its own counters, nothing revealed
+    assert set(server) == {"role", "cost"} and outputs["dealer"][0].strip() == ""
     last = json.loads(outputs["client"][0].strip().splitlines()[-1])
     assert last == json.loads(out_json.read_text())
-    assert last["cost"]["provider"] == "ttp" and last["cost"]["dealer_bytes"] > 0
+    assert last["cost"]["provider"] == "ttp" and last["cost"]["total"]["dealer_bytes"] > 0
     assert_close_mpc(torch.load(out_logits), plaintext_logits(model, ids, None), TOLERANCE["merge"], "party CLI")
 
 
 def test_party_cli_user_errors() -> None:
-    from mpcgen.mpc.party import main
+    from mpcgen.cli.party import main
 
-    assert main(["--role", "server", "--rendezvous", "tcp://127.0.0.1:1"]) == 2  # no --model
-    assert main(["--role", "server", "--rendezvous", "tcp://127.0.0.1:1", "--model", "x", "--ids", "1"]) == 2
-    assert main(["--role", "client", "--rendezvous", "tcp://127.0.0.1:1", "--ids", "a,b"]) == 2
+    assert main(["forward", "--role", "server", "--rendezvous", "tcp://127.0.0.1:1"]) == 2  # no --model
+    assert main(["forward", "--role", "server", "--rendezvous", "tcp://127.0.0.1:1", "--model", "x", "--ids", "1"]) == 2
+    assert main(["forward", "--role", "client", "--rendezvous", "tcp://127.0.0.1:1", "--ids", "a,b"]) == 2
     assert not crypten.is_initialized()
 
 

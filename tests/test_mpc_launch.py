@@ -13,7 +13,8 @@ import torch
 
 from mpcgen.errors import MpcgenError
 from mpcgen.mpc.compat import crypten
-from mpcgen.mpc.launch import PROVIDERS, init_party, run_parties
+from mpcgen.mpc.launch import init_party, run_parties
+from mpcgen.mpc.roles import PROVIDERS
 
 # ------------------------------------------------------------------------------------- party functions (importable)
 

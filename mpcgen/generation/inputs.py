@@ -1,92 +1,25 @@
-"""What generation starts from: a model (saved student or stage-1 teacher), its tokenizer, and checked prompt ids.
+"""What generation starts from on the client: the tokenizer and checked prompt ids.
 
-All of this runs on the owner of each thing: the server loads the model, the client encodes its prompts (it needs
-the public tokenizer, never the weights).
+Models are loaded by :mod:`mpcgen.models.loading` (on the server); the client encodes its prompts with the public
+tokenizer and never needs the weights.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 from torch import nn
 
 from mpcgen.errors import MpcgenError
 from mpcgen.generation.loop import check_fits
+from mpcgen.models.loading import load_tokenizer
 from mpcgen.tokenization import encode_prompt
 
 logger = logging.getLogger(__name__)
 
-ModelLike = nn.Module | str | os.PathLike
 Prompt = str | Sequence[int]  # text, or ready token ids (benchmarks)
-
-
-def model_kind(directory: str | os.PathLike) -> str:
-    """``"student"`` (mpcgen's ``config.json`` + ``model.safetensors``) or ``"teacher"`` (a Hugging Face checkpoint).
-
-    Raises:
-        MpcgenError: the folder is missing or is neither.
-    """
-    path = Path(directory)
-    if not path.is_dir():
-        raise MpcgenError(f"model folder {path} does not exist")
-    config_path = path / "config.json"
-    data: Any = None
-    if config_path.is_file():
-        try:
-            data = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            data = None
-    if isinstance(data, dict) and "arch" in data and (path / "model.safetensors").is_file():
-        return "student"
-    if isinstance(data, dict) and "model_type" in data:
-        return "teacher"
-    raise MpcgenError(f"{path} is neither a saved mpcgen student (config.json with 'arch' + model.safetensors) nor a "
-                      "Hugging Face teacher checkpoint (config.json with 'model_type'): pass a stage-1 or stage-2 "
-                      "output folder")
-
-
-def load_model(source: ModelLike, *, preset: str = "vanilla") -> nn.Module:
-    """A generation-ready model: a module as is, a saved student, or a teacher imported with ``preset``.
-
-    Args:
-        source: a model module, a student folder (:func:`mpcgen.models.from_pretrained`) or a stage-1 Hugging Face
-            checkpoint folder (:func:`mpcgen.models.import_hf`).
-        preset: the preset a teacher is imported into (``vanilla``: exact); ignored for students and modules.
-
-    Returns:
-        The model in eval mode; a tokenizer found beside the weights is attached as ``model.tokenizer``.
-    """
-    from mpcgen.models import from_pretrained, import_hf
-
-    if isinstance(source, nn.Module):
-        if not hasattr(source, "config") or not hasattr(source.config, "arch"):
-            raise MpcgenError(f"{type(source).__name__} is not an mpcgen model: import Hugging Face models with "
-                              "mpcgen.models.import_hf or pass their folder")
-        return source.eval()
-    if not isinstance(source, (str, os.PathLike)):
-        raise MpcgenError(f"pass a model or a model folder, not {type(source).__name__}")
-    kind = model_kind(source)
-    model = from_pretrained(source) if kind == "student" else import_hf(source, preset=preset)
-    logger.info("loaded %s %s (preset %s)", kind, source, model.config.preset)
-    return model
-
-
-def load_tokenizer(directory: str | os.PathLike) -> Any:
-    """The tokenizer saved in ``directory`` (a model folder or a tokenizer-only folder)."""
-    import transformers
-
-    path = Path(directory)
-    if not path.is_dir():
-        raise MpcgenError(f"tokenizer folder {path} does not exist")
-    try:
-        return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, TypeError) as err:
-        raise MpcgenError(f"no tokenizer could be loaded from {path} ({str(err).splitlines()[0]}): pass the folder "
-                          "the model was saved with") from None
 
 
 def resolve_tokenizer(model: nn.Module, tokenizer: Any) -> Any:
@@ -149,3 +82,18 @@ def check_encodable(tokenizer: Any, text: str, ids: list[int], index: int) -> No
     shown = "".join(bad[:10]) or "?"
     raise MpcgenError(f"prompt {index} has characters the tokenizer cannot encode ({shown!r}): remove or replace "
                       "them")
+
+
+def encode_client_text(tokenizer: Any, text: str, model: nn.Module | None) -> list[int]:
+    """A separate-host client's prompt ids, before it knows the server's config (checked against it later).
+
+    The layout depends on the architecture, which a private-weights client learns only from the server: T5/BART
+    tokenizers have no separator token, GPT-2 ones (prepared by mpcgen) do.
+    """
+    if not text.strip():
+        raise MpcgenError("a prompt is empty: give a non-empty source text")
+    is_encoder_decoder = (model.config.arch == "encoder-decoder") if model is not None else \
+        getattr(tokenizer, "sep_token_id", None) is None
+    ids = encode_prompt(tokenizer, text, is_encoder_decoder=is_encoder_decoder)
+    check_encodable(tokenizer, text, ids, 0)
+    return ids

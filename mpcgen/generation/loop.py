@@ -1,30 +1,34 @@
-"""The greedy decoding loop, written once for both backends: plaintext torch (the reference) and CrypTen shares.
+"""The decoding loop, written once for both backends: plaintext torch (the reference, and what ``nlg.evaluate``
+scores) and CrypTen shares (private generation).
 
-Two ways to feed the next position (DESIGN section 4):
+Three ways to feed the next position (DESIGN section 4):
 
 * ``tokens`` (vanilla decoding, the baseline): LM head on the last position, argmax (under MPC a tree of secure
   comparisons giving a *secret* one-hot), one-hot x token table as the next input.
 * ``er`` (Embedding Resending): the next input is the last final hidden state, resent through
   ``model.resend_embedding`` (its norm, if any, plus the next position's row). No LM head, argmax or table product
   per step: the LM head runs once, at the end, on the stacked final states.
+* ``client`` (client-side token choice): LM head on the last position, its logits revealed to the client alone,
+  which picks the token in plaintext (:class:`~mpcgen.generation.sampling.TokenChooser`: greedy or sampling, with a
+  seed it keeps) and secret-shares its one-hot; one-hot x token table (a fixed-mask product) is the next input.
 
-Both keep a K/V cache (secret shares under MPC); encoder-decoders encode the prompt once and cache the
+All keep a K/V cache (secret shares under MPC); encoder-decoders encode the prompt once and cache the
 cross-attention K/V at the first decoder step.
 
-The loop always runs ``max_new_tokens`` steps, also past an eos. Stopping early would need a party to learn each
-token as it is made and tell the other one to stop, i.e. the server would learn the output length; running every
-step leaks nothing beyond ``max_new_tokens``, which the server knows anyway (DESIGN: the server learns lengths).
-The client cuts the text at the first eos afterwards (:func:`mpcgen.tokenization.decode_output`).
+Under MPC the loop always runs ``max_new_tokens`` steps, also past an eos: stopping early would tell the server
+the output length, while running every step leaks nothing beyond ``max_new_tokens``, which it knows anyway. The
+client cuts the text at the first eos afterwards. In plaintext (:attr:`Hooks.may_stop_early`) the loop stops once
+every row has produced ``eos_token_id``, which gives the same text sooner.
 
-What the loop reveals (the token ids, or the final logits under ``er``) goes through ``hooks.reveal``: under MPC to
-the client only. Everything that differs between the backends is in :class:`Hooks`; the plaintext defaults are
-the identity.
+What the loop reveals (the token ids, the final logits under ``er``, each step's logits under ``client``) goes
+through ``hooks.reveal``: under MPC to the client only. Everything that differs between the backends is in
+:class:`Hooks`; the plaintext defaults are the identity.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Sequence
 
 import torch
 from torch import nn
@@ -33,11 +37,13 @@ from mpcgen import ops
 from mpcgen.errors import MpcgenError
 
 Tensor = Any  # torch.Tensor or MPCTensor
-DECODINGS = ("tokens", "er")
+DECODINGS = ("tokens", "er", "client")
 
 
 class Hooks:
     """What the loop asks of its backend; this base class is the plaintext backend (no cost, no secrecy)."""
+
+    may_stop_early = True  # plaintext: nobody learns anything from the loop's length
 
     def section(self, name: str) -> ContextManager[None]:
         """Book the work inside to cost group ``name`` (MPC only)."""
@@ -47,12 +53,17 @@ class Hooks:
         """Turn a public tensor into the backend's tensor type (MPC: a sharing of a constant, no communication)."""
         return x
 
+    def share_client(self, x: torch.Tensor | None, shape: Sequence[int]) -> Tensor:
+        """Secret-share a tensor the client holds (``None`` and the public ``shape`` on the other party)."""
+        return x
+
     def reveal(self, x: Tensor) -> torch.Tensor | None:
         """The plaintext of ``x`` for the party that may learn it (MPC: the client; None on the server)."""
         return x
 
     def mark(self, label: str) -> None:
-        """Called after the prompt (``"prompt"``), after each token (``"token"``) and at the end (``"finish"``)."""
+        """Called at the start (``"start"``), after the prompt (``"prompt"``), after each token (``"token"``) and at
+        the end (``"finish"``)."""
 
 
 def check_decoding(decoding: str, config: Any) -> str:
@@ -62,13 +73,15 @@ def check_decoding(decoding: str, config: Any) -> str:
     if decoding == "er" and not config.embedding_resend:
         raise MpcgenError("decoding 'er' (Embedding Resending) needs a model trained for it (config "
                           "embedding_resend=True, e.g. presets 'merge', 'merge-er-only'); this model "
-                          f"(preset {config.preset!r}) has none: use decoding 'tokens'")
+                          f"(preset {config.preset!r}) has none: use decoding 'client' or 'tokens'")
     return decoding
 
 
 def default_decoding(config: Any) -> str:
-    """``er`` for a model trained with Embedding Resending, else ``tokens``."""
-    return "er" if config.embedding_resend else "tokens"
+    """The decoding a model is served with by default: ``er`` for a model trained with Embedding Resending (the
+    fewest rounds per token, and what its training targets), else ``client`` (the teacher's token choice at a few
+    rounds per token; the client learns each step's logits, see :mod:`mpcgen.generation.private`)."""
+    return "er" if config.embedding_resend else "client"
 
 
 def check_fits(config: Any, prompt_len: int, max_new_tokens: int) -> None:
@@ -93,29 +106,52 @@ def check_fits(config: Any, prompt_len: int, max_new_tokens: int) -> None:
                           "lower max_new_tokens")
 
 
-def greedy_decode(model: nn.Module, prompt: dict[str, Tensor], *, max_new_tokens: int, decoding: str,
-                  hooks: Hooks | None = None) -> torch.Tensor | None:
-    """Greedy generation of ``max_new_tokens`` tokens for one batch of equal-length prompts.
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Prompt indices grouped into batches of equal length (at most ``batch_size`` each), in order of first
+    appearance. Equal lengths only: a batch's rows share their positions (constant attention and learned positions
+    are absolute), so padding would change what a row attends to."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise MpcgenError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    by_length: dict[int, list[int]] = {}
+    for i, length in enumerate(lengths):
+        by_length.setdefault(length, []).append(i)
+    return [group[k:k + batch_size] for group in by_length.values() for k in range(0, len(group), batch_size)]
+
+
+def greedy_choice(logits: torch.Tensor) -> torch.Tensor:
+    """The default token choice: argmax over the last dimension."""
+    return logits.argmax(dim=-1)
+
+
+def decode(model: nn.Module, prompt: dict[str, Tensor], *, max_new_tokens: int, decoding: str,
+           hooks: Hooks | None = None, eos_token_id: int | None = None, choose: Any = None,
+           return_states: bool = False) -> Any:
+    """Generate ``max_new_tokens`` tokens for one batch of equal-length prompts.
 
     Args:
         model: a :class:`~mpcgen.models.DecoderLM` or :class:`~mpcgen.models.EncoderDecoderLM` in its inference
             form (plaintext, or with secret-shared / public weights under MPC).
         prompt: the prompt as model input: ``{"input_ids": (B, T)}`` (plaintext) or ``{"one_hot": (B, T, vocab)}``
             (secret rows under MPC); the encoder input for encoder-decoders.
-        max_new_tokens: steps to run (always all of them; see the module docstring).
-        decoding: ``"tokens"`` or ``"er"``.
+        max_new_tokens: steps to run (all of them under MPC; see the module docstring).
+        decoding: ``"tokens"``, ``"er"`` or ``"client"``.
         hooks: the backend (default: plaintext).
+        eos_token_id: with a backend that may stop early, stop once every row has produced it.
+        choose: ``client`` decoding: the client's choice, ``(B, vocab) logits -> (B,) ids`` (default greedy).
+        return_states: also return the final hidden state each token was read from (plaintext only).
 
     Returns:
-        Token ids (B, max_new_tokens) for the party ``hooks.reveal`` gives the plaintext to, None for the others.
+        Token ids (B, steps run) for the party ``hooks.reveal`` gives the plaintext to, None for the others; with
+        ``return_states``, ``(ids, states (B, steps run, d))``.
     """
     hooks = hooks or Hooks()
     config = model.config
     check_decoding(decoding, config)
+    choose = choose or greedy_choice
     vocab = config.vocab_size
-    encoder_decoder = config.arch == "encoder-decoder"
+    stop = eos_token_id is not None and hooks.may_stop_early
     source = None
-    if encoder_decoder:
+    if config.arch == "encoder-decoder":
         source = model.encode(**prompt)  # (B, S, d), computed once; its K/V are cached at the first decoder step
         batch = source.size(0)
         if config.decoder_start_token_id is None:
@@ -128,39 +164,67 @@ def greedy_decode(model: nn.Module, prompt: dict[str, Tensor], *, max_new_tokens
     h_last = hidden[:, -1:]  # (B, 1, d)
     hooks.mark("prompt")
 
-    chosen: list[Tensor] = []  # tokens: secret one-hots (B, 1, vocab); er: final states (B, 1, d)
+    fed: list[Tensor] = []  # what feeds the next step: one-hots (B, 1, vocab) or final states (B, 1, d)
+    states: list[Tensor] = []
+    ids: list[torch.Tensor | None] = []  # tokens known as the loop runs (client, and every plaintext decoding)
     for step in range(max_new_tokens):
         if step > 0:
-            if decoding == "tokens":
-                x = model.embed(one_hot=chosen[-1], start_pos=cache.length)  # (B, 1, d)
-            else:
+            if decoding == "er":
                 x = model.resend_embedding(h_last, cache.length)  # (B, 1, d)
+            else:
+                x = model.embed(one_hot=fed[-1], start_pos=cache.length)  # (B, 1, d)
             h_last, cache = _run_stack(model, x, cache, source)
-        if decoding == "tokens":
-            logits = model.lm_head(h_last)  # (B, 1, vocab)
-            with hooks.section("sampling"):
-                chosen.append(ops.argmax_one_hot(logits, dim=-1))
+        states.append(h_last)
+        if decoding == "er":
+            fed.append(h_last)
+            if stop:  # plaintext: the token now, only to know when every row is done
+                ids.append(model.lm_head(h_last)[:, -1].argmax(-1))
         else:
-            chosen.append(h_last)
+            logits = model.lm_head(h_last)  # (B, 1, vocab)
+            if decoding == "tokens":
+                with hooks.section("sampling"):
+                    hot = ops.argmax_one_hot(logits, dim=-1)
+                if stop:
+                    ids.append(hot[:, -1].argmax(-1))
+            else:
+                with hooks.section("reveal"):
+                    plain = hooks.reveal(logits)  # the client's; None on the server
+                with hooks.section("sampling"):
+                    token = None if plain is None else choose(plain[:, -1]).long()  # (B,)
+                    hot = hooks.share_client(None if token is None else ops.one_hot(token[:, None], vocab),
+                                             (logits.size(0), 1, vocab))
+                ids.append(token)
+            fed.append(hot)
         hooks.mark("token")
+        if stop and bool(torch.stack([t == eos_token_id for t in ids]).any(dim=0).all()):
+            break
 
+    if decoding == "client" or stop:  # the tokens are known already (client-chosen, or plaintext)
+        tokens = None if ids[0] is None else torch.stack(ids, dim=1)
+    else:
+        tokens = _reveal_tokens(model, decoding, fed, hooks, vocab)
+    hooks.mark("finish")
+    if return_states:
+        return tokens, ops.cat(states, dim=1)
+    return tokens
+
+
+def _reveal_tokens(model: nn.Module, decoding: str, fed: list[Tensor], hooks: Hooks, vocab: int
+                   ) -> torch.Tensor | None:
+    """The tokens for the party that may learn them, from one reveal at the end."""
     if decoding == "tokens":
         # One reveal for all steps, of ids rather than one-hots: hot . (0, 1, .., V-1) is a public product (local).
         with hooks.section("sampling"):
-            hots = ops.cat(chosen, dim=1)  # (B, n, vocab)
-            ids = (hots * torch.arange(vocab, dtype=torch.float32)).sum(dim=-1)  # (B, n)
+            hots = ops.cat(fed, dim=1)  # (B, n, vocab)
+            values = (hots * torch.arange(vocab, dtype=torch.float32)).sum(dim=-1)  # (B, n)
         with hooks.section("reveal"):
-            plain = hooks.reveal(ids)
-        tokens = None if plain is None else plain.round().long()
-    else:
-        # ER: the LM head once over the stacked states; the client learns these logits and takes the argmax.
-        states = ops.cat(chosen, dim=1)  # (B, n, d)
-        logits = model.lm_head(states)  # (B, n, vocab)
-        with hooks.section("reveal"):
-            plain = hooks.reveal(logits)
-        tokens = None if plain is None else plain.argmax(dim=-1)
-    hooks.mark("finish")
-    return tokens
+            plain = hooks.reveal(values)
+        return None if plain is None else plain.round().long()
+    # ER: the LM head once over the stacked states; the client learns these logits and takes the argmax.
+    logits = model.lm_head(ops.cat(fed, dim=1))  # (B, n, vocab)
+    with hooks.section("reveal"):
+        plain = hooks.reveal(logits)
+    return None if plain is None else plain.argmax(dim=-1)
 
 
 def _run_stack(model: nn.Module, x: Tensor, cache: Any, source: Tensor | None) -> tuple[Tensor, Any]:

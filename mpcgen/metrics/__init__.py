@@ -2,8 +2,12 @@
 
 Everything runs locally from pinned packages (sacrebleu, nltk, rouge-score); nothing is downloaded and
 ``evaluate.load`` is never used. Every metric is multi-reference and accepts a different number of references per
-item. Scales: ``bleu``, ``rouge_l`` and ``ser`` are fractions (0-1); ``chrf`` is 0-100 as sacrebleu reports it;
-``nist`` is unbounded (typically 0-10).
+item. Scales: ``bleu``, ``bleu_e2e``, ``rouge_l`` and ``ser`` are fractions (0-1); ``chrf`` is 0-100 as sacrebleu
+reports it; ``nist`` and ``nist_e2e`` are unbounded (typically 0-10).
+
+``bleu_e2e`` and ``nist_e2e`` (:mod:`mpcgen.metrics.e2e`) follow the E2E NLG Challenge's official script
+(mteval-v13a: lower-cased, multi-reference NIST): quote those when comparing with published E2E tables. ``bleu`` and
+``nist`` are the project's earlier case-sensitive figures (sacrebleu; nltk's single-best-reference NIST).
 
 Example::
 
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from mpcgen.errors import MpcgenError
+from mpcgen.metrics.e2e import bleu_e2e, nist_e2e, tokenize_mteval
 from mpcgen.metrics.ser import SlotErrors, ser_details, slot_error_rate
 
 logger = logging.getLogger(__name__)
@@ -134,15 +139,18 @@ def corpus_scores(
         task: the task the slots belong to (name or alias); required with ``slots``.
 
     Returns:
-        ``{"n", "bleu", "nist", "rouge_l", "chrf", ["ser"]}``: ``bleu``/``rouge_l``/``ser`` in 0-1, ``chrf`` in
-        0-100, ``nist`` unbounded. ``ser`` appears only when ``slots`` are given and the task's registry entry has
-        ``has_slots`` (E2E and MultiWOZ; see :mod:`mpcgen.metrics.ser` for why not WebNLG).
+        ``{"n", "bleu", "nist", "bleu_e2e", "nist_e2e", "rouge_l", "chrf", ["ser"]}``: ``bleu``/``bleu_e2e``/
+        ``rouge_l``/``ser`` in 0-1, ``chrf`` in 0-100, ``nist``/``nist_e2e`` unbounded. ``ser`` appears only when
+        ``slots`` are given and the task's registry entry has ``has_slots`` (E2E and MultiWOZ; see
+        :mod:`mpcgen.metrics.ser` for why not WebNLG).
     """
     refs = _check(predictions, references)
     scores = {
         "n": len(refs),
         "bleu": bleu(predictions, refs),
         "nist": nist(predictions, refs),
+        "bleu_e2e": bleu_e2e(predictions, refs),
+        "nist_e2e": nist_e2e(predictions, refs),
         "rouge_l": rouge_l(predictions, refs),
         "chrf": chrf(predictions, refs),
     }
@@ -159,4 +167,16 @@ def corpus_scores(
     return scores
 
 
-__all__ = ["SlotErrors", "bleu", "chrf", "corpus_scores", "nist", "rouge_l", "ser_details", "slot_error_rate"]
+__all__ = [
+    "SlotErrors",
+    "bleu",
+    "bleu_e2e",
+    "chrf",
+    "corpus_scores",
+    "nist",
+    "nist_e2e",
+    "rouge_l",
+    "ser_details",
+    "slot_error_rate",
+    "tokenize_mteval",
+]

@@ -6,6 +6,9 @@ saved student; :func:`mpcgen.models.merge.merge_model` folds constant products (
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
 from mpcgen.errors import MpcgenError
@@ -26,5 +29,21 @@ def build_model(config: ModelConfig) -> nn.Module:
     return ARCH_CLASSES[config.arch](config)
 
 
+def decoder_forward(model: nn.Module, *, input_ids: torch.Tensor | None = None, inputs_embeds: Any = None,
+                    mask: torch.Tensor | None = None, source: Any = None, source_mask: torch.Tensor | None = None,
+                    past: Any = None, use_cache: bool = False, return_hidden: bool = False) -> ModelOutput:
+    """The decoder side of a model on token ids or token embeddings (positions are added here).
+
+    A decoder-only model runs whole; an encoder-decoder runs its decoder on the encoder states ``source``
+    (B, S, d) with their padding mask ``source_mask`` (B, S). ``mask`` (B, past + T) marks real decoder positions.
+    """
+    if model.config.arch == "decoder":
+        return model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=mask, past=past,
+                     use_cache=use_cache, return_hidden=return_hidden)
+    return model(encoder_hidden=source, attention_mask=source_mask, decoder_input_ids=input_ids,
+                 decoder_inputs_embeds=inputs_embeds, decoder_attention_mask=mask, past=past, use_cache=use_cache,
+                 return_hidden=return_hidden)
+
+
 __all__ = ["COST_GROUPS", "DecoderLM", "EncoderDecoderLM", "KVCache", "ModelConfig", "ModelOutput", "PRESETS",
-           "build_model", "from_pretrained", "import_hf", "save_pretrained"]
+           "build_model", "decoder_forward", "from_pretrained", "import_hf", "save_pretrained"]

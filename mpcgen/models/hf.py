@@ -47,8 +47,7 @@ def import_hf(model_or_dir: Any, preset: str = "vanilla", *, overrides: dict[str
     name = type(model_or_dir).__name__
     if name not in SUPPORTED:
         raise MpcgenError(f"cannot import {name}; supported architectures: {sorted(SUPPORTED)}")
-    family = SUPPORTED[name]
-    config_fn, map_fn = _IMPORTERS[family]
+    config_fn, map_fn = importer(SUPPORTED[name])
     exact = config_fn(model_or_dir)
     config = exact.with_preset(preset)
     if overrides:
@@ -62,6 +61,14 @@ def import_hf(model_or_dir: Any, preset: str = "vanilla", *, overrides: dict[str
     if tokenizer is not None:
         student.tokenizer = tokenizer
     return student.eval()
+
+
+def importer(family: str) -> tuple[Callable[[nn.Module], ModelConfig], Callable[[nn.Module, ModelConfig], Mapped]]:
+    """``(config_fn, map_fn)`` of ``family``: ``config_fn(hf_model)`` is our exact config of a teacher,
+    ``map_fn(hf_model, config)`` its tensors under our names (the one place that pairs teacher and student names)."""
+    if family not in _IMPORTERS:
+        raise MpcgenError(f"no importer for family {family!r}; supported: {sorted(_IMPORTERS)}")
+    return _IMPORTERS[family]
 
 
 def _load_dir(path: Path) -> tuple[Any, Any]:

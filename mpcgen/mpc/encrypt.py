@@ -6,7 +6,8 @@ Both parties build the same architecture from the public config; only the server
 source costs no communication (CrypTen masks with pseudo-random zero shares). ``public`` weights: the parameters
 stay plain torch tensors on both parties (SPRINT's setting), and products with them need no communication.
 ``private`` with ``fixed=True`` (the default) then opens each weight's mask once for the session
-(:mod:`mpcgen.mpc.fixed`), so products with weights open only the activations' masks.
+(:mod:`mpcgen.mpc.fixed`), so products with weights open only the activations' masks. That needs the process's
+fixed-weight session, which :func:`mpcgen.mpc.launch.init_party` installs in every computing party.
 """
 
 from __future__ import annotations
@@ -19,19 +20,11 @@ from torch import nn
 
 from mpcgen.errors import MpcgenError
 from mpcgen.mpc.compat import crypten
-from mpcgen.mpc.fixed import fix_weight
-from mpcgen.mpc.launch import CLIENT, SERVER
+from mpcgen.mpc.fixed import session as fixed_session
+from mpcgen.mpc.roles import CLIENT, SERVER, check_weights_mode
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_MODES = ("private", "public")
-
-
-def check_weights_mode(weights: str) -> str:
-    """Return ``weights`` if it is a known weight mode, else raise :class:`MpcgenError` listing them."""
-    if weights not in WEIGHT_MODES:
-        raise MpcgenError(f"unknown weights mode {weights!r}: use one of {list(WEIGHT_MODES)}")
-    return weights
 
 
 def encrypt_model(model: nn.Module, *, weights: str, src: int = SERVER, fixed: bool = True) -> nn.Module:
@@ -42,9 +35,10 @@ def encrypt_model(model: nn.Module, *, weights: str, src: int = SERVER, fixed: b
         weights: ``"private"`` (the ``src`` party secret-shares every parameter) or ``"public"`` (all parties hold
             the same plaintext weights; the input alone is secret).
         src: the rank that owns the weights.
-        fixed: with ``private`` weights, run the fixed-operand setup (:func:`mpcgen.mpc.fixed.fix_weight`) on every
-            weight: one opening of ``W - B`` per weight now, and products with it open only the activation's mask.
-            ``False``: CrypTen's fresh Beaver triple per product (both operands' masks opened every time).
+        fixed: with ``private`` weights, run the fixed-operand setup (:meth:`mpcgen.mpc.fixed.FixedSession.fix_weight`
+            of the installed session) on every weight: one opening of ``W - B`` per weight now, and products with it
+            open only the activation's mask. ``False``: CrypTen's fresh Beaver triple per product (both operands'
+            masks opened every time).
 
     Returns:
         The same module, in eval mode, without autograd. Private: parameters replaced by ``MPCTensor`` attributes.
@@ -55,6 +49,7 @@ def encrypt_model(model: nn.Module, *, weights: str, src: int = SERVER, fixed: b
     if weights == "public":
         return model
     rank = crypten.communicator.get().get_rank()
+    session = fixed_session() if fixed else None  # before sharing anything: MpcgenError if none is installed
     n_tensors = n_values = 0
     # named_modules / named_parameters(recurse=False) iterate in registration order, the same on every party.
     for _, module in model.named_modules():
@@ -63,8 +58,8 @@ def encrypt_model(model: nn.Module, *, weights: str, src: int = SERVER, fixed: b
             value = param.detach() if rank == src else torch.zeros_like(param, requires_grad=False)
             del module._parameters[name]
             shared = crypten.cryptensor(value, src=src)
-            if fixed:
-                fix_weight(shared)
+            if session is not None:
+                session.fix_weight(shared)
             setattr(module, name, shared)
             n_tensors += 1
             n_values += param.numel()

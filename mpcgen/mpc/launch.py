@@ -36,13 +36,13 @@ from urllib.parse import urlparse
 import torch
 
 from mpcgen.errors import MpcgenError
+from mpcgen.mpc import fixed
 from mpcgen.mpc.compat import crypten
+from mpcgen.mpc.roles import CLIENT, DEFAULT_TIMEOUT_S, PROVIDERS, ROLES, SERVER, check_provider, rank_role, \
+    role_rank
 
 logger = logging.getLogger(__name__)
 
-SERVER = 0
-CLIENT = 1
-ROLES = ("server", "client", "dealer")
 # CrypTen's approximation settings that every party uses (they must agree across parties).
 # - sqrt_nr_iters 3 -> 12: CrypTen's inverse square root (exact LayerNorm/RMSNorm) starts its Newton iteration from
 #   an initial guess that is accurate only for variances in ~[1e-2, 1e2]. 6 iterations cut the vanilla/mpcformer
@@ -51,9 +51,6 @@ ROLES = ("server", "client", "dealer")
 #   generations, while 12 are accurate down to ~3e-4 and made all 24 equal to plaintext, for ~4 more rounds a norm.
 FUNCTION_SETTINGS: dict[str, object] = {"sqrt_nr_iters": 12, "reciprocal_all_pos": True}
 
-# Our provider names -> CrypTen's ``cfg.mpc.provider`` values.
-PROVIDERS = {"ttp": "TTP", "tfp": "TFP"}
-DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_CONNECT_TIMEOUT_S = 60.0
 _GRACE_S = 1.0  # after a first failure, how long to wait for the other parties' own error reports
 _KILL_AFTER_S = 3.0  # SIGTERM, then SIGKILL if a party is still alive this much later
@@ -61,27 +58,6 @@ _KILL_AFTER_S = 3.0  # SIGTERM, then SIGKILL if a party is still alive this much
 
 # ----------------------------------------------------------------------------------------------------------------
 # One party
-
-
-def check_provider(provider: str) -> str:
-    """Return ``provider`` if it names a supported provider, else raise :class:`MpcgenError`."""
-    if provider not in PROVIDERS:
-        raise MpcgenError(f"unknown provider {provider!r}: use one of {sorted(PROVIDERS)}")
-    return provider
-
-
-def role_rank(role: str, world_size: int = 2) -> int:
-    """The rank a role runs as: server 0, client 1, dealer ``world_size`` (CrypTen puts the TTP last)."""
-    if role not in ROLES:
-        raise MpcgenError(f"unknown role {role!r}: use one of {list(ROLES)}")
-    return {"server": SERVER, "client": CLIENT, "dealer": world_size}[role]
-
-
-def rank_role(rank: int, world_size: int = 2) -> str:
-    """The role name of ``rank`` (``party<k>`` for the extra parties of a world larger than two)."""
-    if rank == world_size:
-        return "dealer"
-    return {SERVER: "server", CLIENT: "client"}.get(rank, f"party{rank}")
 
 
 def _check_rendezvous(rendezvous: str, rank: int) -> None:
@@ -126,7 +102,9 @@ def init_party(
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> None:
-    """Join a secure computation in this process: configure CrypTen and ``crypten.init()``.
+    """Join a secure computation in this process: configure CrypTen and ``crypten.init()``; a computing party then
+    installs its fixed-weight session (:func:`mpcgen.mpc.fixed.install`; the dealer serves its requests instead,
+    :func:`serve_dealer`). :func:`shutdown_party` undoes both.
 
     Args:
         role: ``"server"`` (rank 0), ``"client"`` (rank 1) or ``"dealer"`` (rank ``world_size``, ``ttp`` only).
@@ -173,27 +151,33 @@ def init_party(
         raise MpcgenError(
             f"{role} (rank {rank}) could not reach the other parties at {rendezvous} within {timeout:g} s: {text}"
         ) from err
+    if role != "dealer":
+        fixed.uninstall()  # a session left from an earlier computation of this process (its dealer is gone)
+        fixed.install()  # one session per computation: fresh keys, counters and masks
 
 
 def shutdown_party() -> None:
-    """Leave the computation (rank 0 also tells the dealer to stop); safe to call when not initialised."""
-    if crypten.is_initialized():
-        crypten.uninit()
+    """Leave the computation (rank 0 also tells the dealer to stop) and end this process's fixed-weight session
+    (CrypTen's product functions are restored); safe to call when not initialised."""
+    try:
+        if crypten.is_initialized():
+            crypten.uninit()
+    finally:
+        fixed.uninstall()
 
 
 def serve_dealer() -> dict[str, float]:
-    """Run CrypTen's TTP server in this (initialised, dealer) process until rank 0 shuts down.
+    """Run the TTP server in this (initialised, dealer) process until rank 0 shuts down: CrypTen's, plus the
+    fixed-weight requests (:class:`mpcgen.mpc.fixed.FixedTTPServer`, which holds this session's masks).
 
     Returns the dealer's own communication counters (what it sent to and received from the parties).
     """
-    import mpcgen.mpc.fixed  # noqa: F401  (teaches the TTP server the fixed-weight requests)
-
     crypten.cfg.communicator.verbose = True
     crypten.communicator.get().reset_communication_stats()
     with warnings.catch_warnings():
         # TTPServer calls crypten.init() itself; we already did (with our timeout and checks).
         warnings.filterwarnings("ignore", message="CrypTen is already initialized")
-        crypten.mpc.provider.TTPServer()
+        fixed.FixedTTPServer()
     return dict(crypten.communicator.get().get_communication_stats())
 
 

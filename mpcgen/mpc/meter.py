@@ -1,4 +1,7 @@
-"""Cost accounting for secure computation: rounds, bytes and time per op group, online and dealer apart.
+"""The cost meter of one party: rounds, bytes and time per op group, online and dealer apart.
+
+The figures it fills are those of :mod:`mpcgen.mpc.costs` (:class:`PartyCost` per party, combined over parties by
+:meth:`CostReport.from_parties`); this module is the part that needs CrypTen.
 
 What is counted. CrypTen's communicator keeps three counters per party when ``cfg.communicator.verbose`` is on
 (off by default; :class:`CostMeter` turns it on): ``rounds`` (+1 per communication call: send, recv, broadcast,
@@ -13,14 +16,13 @@ seed it shares with the dealer and receives nothing). CrypTen sizes the request 
 ``sys.getsizeof`` of the Python object, a small constant per request; the tuple itself is counted exactly. With
 ``tfp`` there is no dealer traffic: rank 0 makes tuples itself and shares them with pseudo-random zero sharings.
 
-Summing parties. Each party counts its sent + received bytes, so the two computing parties' counts summed and halved
-is the traffic on their link (``online_bytes`` of :class:`CostReport`). Rounds are the same exchanges seen from both
-ends: the report's ``rounds`` is the maximum over parties, not the sum.
+Summing parties: see :mod:`mpcgen.mpc.costs` (bytes summed and halved, rounds the maximum over parties).
 
 Attribution. Forward pre/post hooks on every module with a ``cost_group`` class attribute, and ``meter.section()``
 for code outside modules, maintain a stack of group names; at every push or pop, the counters' change since the
 previous event is booked to the group on top of the stack (innermost wins). Time booked to a group is wall time
-(compute + communication) on that party.
+(compute + communication) on that party. :meth:`CostMeter.snapshot` returns the cumulative counters (and the
+process's CPU time) at any point, so a caller can cut a run into phases without a second meter.
 """
 
 from __future__ import annotations
@@ -29,141 +31,14 @@ import contextlib
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 from torch import nn
 
 from mpcgen.mpc.compat import crypten
+from mpcgen.mpc.costs import OTHER, GroupCost, PartyCost
 
 logger = logging.getLogger(__name__)
-
-GROUPS = ("embed", "linear", "attention", "activation", "norm", "lm_head", "sampling")
-OTHER = "other"  # anything outside a tagged module or section
-
-# (bandwidth in bit/s, round-trip time in s)
-NETWORKS: dict[str, tuple[float, float]] = {
-    "lan": (10e9, 0.5e-3),
-    "wan": (200e6, 40e-3),
-}
-
-
-def project_time(compute_s: float, rounds: float, bytes_: float, *, bandwidth_bps: float, rtt_s: float) -> float:
-    """Projected run time on a network: ``compute + rounds * RTT + bytes * 8 / bandwidth``.
-
-    Args:
-        compute_s: local compute seconds.
-        rounds: sequential communication rounds.
-        bytes_: bytes on the wire.
-        bandwidth_bps: link bandwidth in bits per second.
-        rtt_s: round-trip time in seconds.
-    """
-    if bandwidth_bps <= 0 or rtt_s < 0 or compute_s < 0 or rounds < 0 or bytes_ < 0:
-        raise ValueError("project_time needs bandwidth > 0 and non-negative compute, rounds, bytes and RTT")
-    return compute_s + rounds * rtt_s + bytes_ * 8.0 / bandwidth_bps
-
-
-@dataclass
-class GroupCost:
-    """Cost booked to one op group (per party, or summed over parties in a :class:`CostReport`)."""
-
-    seconds: float = 0.0
-    comm_seconds: float = 0.0
-    rounds: int = 0
-    bytes: float = 0.0
-    dealer_rounds: int = 0
-    dealer_bytes: float = 0.0
-
-    def add(self, other: "GroupCost") -> None:
-        """Accumulate ``other`` into this one."""
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-@dataclass
-class PartyCost:
-    """One party's counters over a metered run (bytes: what this party sent + received)."""
-
-    rank: int
-    wall_s: float
-    groups: dict[str, GroupCost]
-
-    def total(self) -> GroupCost:
-        """Sum over groups."""
-        out = GroupCost()
-        for g in self.groups.values():
-            out.add(g)
-        return out
-
-
-@dataclass
-class CostReport:
-    """Costs of one run over all computing parties.
-
-    ``rounds``: online rounds (max over parties). ``online_bytes``: bytes on the link between the computing parties
-    (sum of the parties' sent + received, halved). ``dealer_rounds`` / ``dealer_bytes``: party-dealer traffic (rank
-    0's link; zero for ``tfp``). ``wall_s``: the slowest party's wall time. ``groups``: the same figures per op group.
-    """
-
-    provider: str
-    wall_s: float
-    rounds: int
-    online_bytes: float
-    dealer_rounds: int
-    dealer_bytes: float
-    groups: dict[str, dict[str, float]]
-    parties: list[PartyCost] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_parties(cls, parties: Sequence[PartyCost], *, provider: str, **notes: Any) -> "CostReport":
-        """Combine the computing parties' :class:`PartyCost` s (any order) into one report."""
-        parties = sorted(parties, key=lambda p: p.rank)
-        names = [g for g in (*GROUPS, OTHER) if any(g in p.groups for p in parties)]
-        names += sorted({g for p in parties for g in p.groups} - set(names))
-        groups = {}
-        for name in names:
-            per = [p.groups.get(name, GroupCost()) for p in parties]
-            groups[name] = _combine(per)
-        totals = _combine([p.total() for p in parties])
-        return cls(
-            provider=provider,
-            wall_s=max((p.wall_s for p in parties), default=0.0),
-            rounds=int(totals["rounds"]),
-            online_bytes=totals["online_bytes"],
-            dealer_rounds=int(totals["dealer_rounds"]),
-            dealer_bytes=totals["dealer_bytes"],
-            groups=groups,
-            parties=list(parties),
-            notes=dict(notes),
-        )
-
-    def projected(self, network: str = "lan", compute_s: float | None = None) -> float:
-        """Projected seconds on a named network (:data:`NETWORKS`), online traffic only.
-
-        ``compute_s`` defaults to the measured wall time, an upper bound for compute (it includes the loopback
-        communication, which is small next to compute at these sizes).
-        """
-        bandwidth, rtt = NETWORKS[network]
-        return project_time(self.wall_s if compute_s is None else compute_s, self.rounds, self.online_bytes,
-                            bandwidth_bps=bandwidth, rtt_s=rtt)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (per-party counters included; projections for every network in :data:`NETWORKS`)."""
-        out = dataclasses.asdict(self)
-        out["projected_s"] = {name: self.projected(name) for name in NETWORKS}
-        return out
-
-
-def _combine(per_party: Sequence[GroupCost]) -> dict[str, float]:
-    return {
-        "seconds": max((g.seconds for g in per_party), default=0.0),
-        "comm_seconds": max((g.comm_seconds for g in per_party), default=0.0),
-        "rounds": max((g.rounds for g in per_party), default=0),
-        "online_bytes": sum(g.bytes for g in per_party) / 2.0,
-        "dealer_rounds": sum(g.dealer_rounds for g in per_party),
-        "dealer_bytes": sum(g.dealer_bytes for g in per_party),
-    }
 
 
 class CostMeter:
@@ -184,7 +59,9 @@ class CostMeter:
         self._last: tuple[float, float, float, float] | None = None
         self._in_dealer = False
         self._start = 0.0
+        self._cpu_start = 0.0
         self._wall = 0.0
+        self._cpu = 0.0
         self._rank = -1
         self._ttp_client: Any = None
         self._running = False
@@ -228,6 +105,7 @@ class CostMeter:
         self._stack = [OTHER]
         self._wrap_ttp()
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
         self._last = self._snapshot()
         self._running = True
         return self
@@ -237,6 +115,7 @@ class CostMeter:
         if self._running:
             self._book()
             self._wall = time.perf_counter() - self._start
+            self._cpu = time.process_time() - self._cpu_start
             self._unwrap_ttp()
             self._running = False
         return self.result()
@@ -247,20 +126,20 @@ class CostMeter:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def totals(self) -> GroupCost:
-        """This party's costs since :meth:`start`, summed over groups, up to now (for per-step accounting: the
-        difference of two calls is what happened in between, online and dealer traffic kept apart)."""
-        if self._running:
-            self._book()  # close the open interval; booking it now or at the next event gives the same sums
-        total = self.result().total()
-        if self._running:
-            total.seconds = time.perf_counter() - self._start
-        return total
+    def snapshot(self) -> PartyCost:
+        """This party's cumulative costs since :meth:`start`, up to now, wall and CPU time included. The
+        :meth:`PartyCost.since` of two snapshots is what happened in between, online and dealer traffic apart."""
+        if not self._running:
+            return self.result()
+        self._book()  # close the open interval; booking it now or at the next event gives the same sums
+        groups = {k: dataclasses.replace(v) for k, v in self._groups.items()}
+        return PartyCost(rank=self._rank, wall_s=time.perf_counter() - self._start, groups=groups,
+                         cpu_s=time.process_time() - self._cpu_start)
 
     def result(self) -> PartyCost:
         """This party's costs so far (a copy)."""
         groups = {k: dataclasses.replace(v) for k, v in self._groups.items()}
-        return PartyCost(rank=self._rank, wall_s=self._wall, groups=groups)
+        return PartyCost(rank=self._rank, wall_s=self._wall, groups=groups, cpu_s=self._cpu)
 
     # ------------------------------------------------------------------------------------------------ booking
 

@@ -12,8 +12,6 @@ embedding is a one-hot x table product. The logits are revealed to the client al
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import functools
 import hashlib
 import logging
@@ -27,13 +25,17 @@ from torch import nn
 from mpcgen import ops
 from mpcgen.errors import MpcgenError
 from mpcgen.mpc.compat import crypten
-from mpcgen.mpc.encrypt import check_weights_mode, encrypt_input, encrypt_model
-from mpcgen.mpc.launch import CLIENT, DEFAULT_TIMEOUT_S, SERVER, check_provider, run_parties
-from mpcgen.mpc.meter import CostMeter, CostReport, GroupCost, PartyCost
+from mpcgen.models.inference import prepare_for_inference
+from mpcgen.models.loading import load_model
+from mpcgen.mpc.costs import CostReport, PartyCost
+from mpcgen.mpc.encrypt import encrypt_input, encrypt_model
+from mpcgen.mpc.launch import run_parties
+from mpcgen.mpc.meter import CostMeter
+from mpcgen.mpc.roles import CLIENT, DEFAULT_TIMEOUT_S, SERVER, check_provider, check_weights_mode
 
 logger = logging.getLogger(__name__)
 
-ModelSource = nn.Module | str | os.PathLike | None  # a model, a saved student's folder, or None (config comes in)
+ModelSource = nn.Module | str | os.PathLike | None  # a model, a model folder, or None (the config comes in)
 
 
 @dataclass
@@ -60,35 +62,6 @@ class ForwardResult:
 # ------------------------------------------------------------------------------------------------ model helpers
 
 
-def load_model(source: ModelSource) -> nn.Module:
-    """A module as is, or a saved student folder loaded with :func:`mpcgen.models.from_pretrained`."""
-    from mpcgen.models import from_pretrained
-
-    if isinstance(source, nn.Module):
-        return source
-    if source is None:
-        raise MpcgenError("no model given: the weight owner must pass a model or a saved student folder")
-    return from_pretrained(source)
-
-
-def prepare_for_inference(model: nn.Module) -> nn.Module:
-    """The inference form of ``model``, computed in plaintext by the weight owner (exact; the input is unchanged).
-
-    Students with ``merge_linear`` are merged (:func:`mpcgen.models.merge.merge_model`: constant products folded,
-    ``A = softmax(M)`` stored); other students with constant attention get ``A`` stored. Otherwise a no-op.
-    """
-    from mpcgen.models.layers import AttentionCore
-    from mpcgen.models.merge import FOLDABLE_NORMS, merge_model
-
-    config = model.config
-    if config.merge_linear and not config.merged and config.norm in FOLDABLE_NORMS:
-        return merge_model(model)
-    if not config.constant_frozen and any(isinstance(m, AttentionCore) and m.is_constant for m in model.modules()):
-        model = copy.deepcopy(model)
-        model.freeze_constant_attention()
-    return model
-
-
 def _zero_model(config_dict: dict[str, Any]) -> nn.Module:
     """The announced architecture with zero weights (a non-owner's copy: only the shapes are used)."""
     from mpcgen.models import ModelConfig, build_model
@@ -112,12 +85,16 @@ def setup_model(rank: int, model: ModelSource, *, weights: str, prepare: bool = 
     comm = crypten.communicator.get()
     if weights == "private":
         if rank == SERVER:
+            if model is None:
+                raise MpcgenError("no model given: the weight owner must pass a model or a model folder")
             model = load_model(model)
             model = prepare_for_inference(model) if prepare else model
         config = comm.broadcast_obj(model.config.to_dict() if rank == SERVER else None, SERVER)
         if rank != SERVER:
             model = _zero_model(config)
         return model
+    if model is None:
+        raise MpcgenError("public weights: every party must pass the same model or model folder")
     model = load_model(model)
     model = prepare_for_inference(model) if prepare else model
     _check_same_weights(model, rank, comm)
@@ -235,12 +212,9 @@ def _exchange_costs(cost: PartyCost, rank: int, comm: Any) -> CostReport | None:
     """Send the server's counters to the client (plain numbers, after the run), which builds the joint report."""
     provider = crypten.cfg.mpc.provider.lower()
     if rank == SERVER:
-        comm.send_obj(dataclasses.asdict(cost), CLIENT)
+        comm.send_obj(cost.to_dict(), CLIENT)
         return None
-    other = comm.recv_obj(SERVER)
-    other_cost = PartyCost(rank=other["rank"], wall_s=other["wall_s"],
-                           groups={k: GroupCost(**v) for k, v in other["groups"].items()})
-    return CostReport.from_parties([other_cost, cost], provider=provider)
+    return CostReport.from_parties([PartyCost.from_dict(comm.recv_obj(SERVER)), cost], provider=provider)
 
 
 # -------------------------------------------------------------------------------------------- local convenience

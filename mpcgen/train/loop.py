@@ -16,8 +16,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mpcgen import checkpoint as C
-from mpcgen import training as T
 from mpcgen.errors import MpcgenError
+from mpcgen.io import write_json
+from mpcgen.train import schedule
+from mpcgen.train.data import Collator
+from mpcgen.train.dp import DPPlan, epsilon_from_history
+from mpcgen.train.families import export_hf_model, unwrap
+from mpcgen.train.losses import sequence_loss, validation_loss
+from mpcgen.train.optim import weight_decay_groups
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +46,7 @@ class TrainPlan:
     eval_every: int
     max_grad_norm: float
     seed: int
-    dp: Optional[T.DPPlan] = None
+    dp: Optional[DPPlan] = None
     bf16: bool = False
 
 
@@ -69,7 +75,7 @@ class Trainer:
         self.hooks = hooks or TrainHooks()
         self.train_rows, self.rank, self.world = train_rows, rank, world
         self.enc_dec, self.training_args = is_encoder_decoder, training_args
-        self.collate = T.Collator(tokenizer.pad_token_id)
+        self.collate = Collator(tokenizer.pad_token_id)
         # Validation batches sorted by length: less padding, faster.
         order = sorted(val_rows, key=lambda r: len(r["input_ids"]) + len(r["labels"]))
         self.val_batches = [self.collate(order[i : i + EVAL_BATCH]) for i in range(0, len(order), EVAL_BATCH)]
@@ -83,10 +89,7 @@ class Trainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         if self.hooks.param_groups is not None:
             return torch.optim.AdamW(self.hooks.param_groups(self.model, self.plan.weight_decay), lr=self.plan.lr)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]  # no weight decay on biases and norm gains
-        rest = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": self.plan.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        groups = weight_decay_groups([p for p in self.model.parameters() if p.requires_grad], self.plan.weight_decay)
         return torch.optim.AdamW(groups, lr=self.plan.lr)
 
     def _wrap(self, optimizer):
@@ -134,7 +137,7 @@ class Trainer:
 
     def _resume(self, resume_dir: Path, optimizer) -> None:
         model_state, opt_state, state = C.load_resume(resume_dir)
-        T.unwrap(self.model).load_state_dict(model_state)
+        unwrap(self.model).load_state_dict(model_state)
         optimizer.load_state_dict(opt_state)
         for key in ("step", "epoch", "batch_in_epoch", "best_val_loss", "best_step", "history", "accountant_history"):
             self.state[key] = state[key]
@@ -144,7 +147,7 @@ class Trainer:
     def epsilon(self) -> Optional[float]:
         if self.plan.dp is None:
             return None
-        return T.epsilon_from_history(self.plan.dp.accountant, self._accountant_history(), self.plan.dp.delta)
+        return epsilon_from_history(self.plan.dp.accountant, self._accountant_history(), self.plan.dp.delta)
 
     def _accountant_history(self) -> list:
         if self.privacy_engine is None:
@@ -160,7 +163,7 @@ class Trainer:
                 if dp else None}
 
     def _save_resume(self, optimizer) -> None:
-        base = T.unwrap(self.model)
+        base = unwrap(self.model)
         state = {**self._trainer_state(), "batch_in_epoch": self.state["batch_in_epoch"],
                  "accountant_history": self._accountant_history(), "args": self.training_args}
         original = getattr(optimizer, "original_optimizer", optimizer)  # Opacus' DPOptimizer wraps it
@@ -176,9 +179,9 @@ class Trainer:
         """Rank 0: validation loss, best checkpoint, resume state, TensorBoard."""
         step = self.state["step"]
         if self.hooks.val_loss is not None:
-            val = self.hooks.val_loss(T.unwrap(self.model), self.val_batches)
+            val = self.hooks.val_loss(unwrap(self.model), self.val_batches)
         else:
-            val = T.validation_loss(T.unwrap(self.model), self.val_batches, is_encoder_decoder=self.enc_dec)
+            val = validation_loss(unwrap(self.model), self.val_batches, is_encoder_decoder=self.enc_dec)
         eps = self.epsilon()
         self.state["history"].append({"step": step, "epoch": self.state["epoch"], "train_loss": train_loss,
                                       "val_loss": val, "lr": self._lr(step), "epsilon": eps,
@@ -189,16 +192,17 @@ class Trainer:
         better = val < self.state["best_val_loss"]
         if better:
             self.state["best_val_loss"], self.state["best_step"] = val, step
-            C.save_best(self.out, T.export_hf_model(self.model), self.tokenizer, training_args=self.training_args,
+            C.save_best(self.out, export_hf_model(self.model), self.tokenizer, training_args=self.training_args,
                         trainer_state=self._trainer_state())
         self._save_resume(optimizer)
         logger.info("step %d: train loss %.4f, val loss %.4f%s%s", step, train_loss, val,
                     " (best, saved)" if better else "", f", epsilon {eps:.3f}" if eps is not None else "")
 
     def _lr(self, step: int) -> float:
+        """The learning rate at ``step`` under the current step budget (which a time budget may still change)."""
         total = self.state["total_steps"] or 10**9
-        warmup = min(self.plan.warmup, max(1, total // 10))
-        return self.plan.lr * T.lr_factor(step, warmup=warmup, total=total, kind=self.plan.schedule)
+        warmup = schedule.capped_warmup(self.plan.warmup, total)
+        return self.plan.lr * schedule.lr_factor(step, warmup=warmup, total=total, kind=self.plan.schedule)
 
     def _fit_budget(self, step_s: float, eval_s: float) -> None:
         """Fit total_steps to --max-minutes from the measured step and evaluation times (same on every rank)."""
@@ -238,11 +242,14 @@ class Trainer:
         bar = tqdm(total=self.state["total_steps"], initial=start, disable=not main, desc="train", dynamic_ncols=True)
         batches, running, timing, eval_s = self._batches(dp_loader), [], {}, 0.0
         last_eval, first_loss = start, None
+        lr_schedule = schedule.scheduler(optimizer, self._lr, step=start)
         while self.state["total_steps"] is None or self.state["step"] < self.state["total_steps"]:
             step = self.state["step"]
-            lr = self._lr(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+            if step > start:
+                # Stepped here rather than after the optimizer: this step's lr follows the budget as re-fit so
+                # far, and the state saved after the last step keeps that step's lr.
+                lr_schedule.step()
+            lr = self._lr(step)  # what the schedule set, before each group's lr_scale
             batch = next(batches)
             parts: dict[str, float] = {}
             if self.plan.dp is not None and batch["input_ids"].shape[0] == 0:
@@ -254,8 +261,8 @@ class Trainer:
                     if self.hooks.loss is not None:
                         loss, parts = self.hooks.loss(self.model, batch)
                     else:
-                        loss, _ = T.sequence_loss(self.model, batch, is_encoder_decoder=self.enc_dec,
-                                                  per_sample=self.plan.dp is not None)
+                        loss, _ = sequence_loss(self.model, batch, is_encoder_decoder=self.enc_dec,
+                                                per_sample=self.plan.dp is not None)
                 if not torch.isfinite(loss.detach()).all():
                     self._stop_on_nan(step + 1, float(loss.detach()), parts, writer)
                 loss.backward()
@@ -298,7 +305,7 @@ class Trainer:
         if last_eval != self.state["step"] and main:
             self._evaluate_and_save(optimizer, _mean(running), writer)
         if main:
-            C.write_json(self.out / "trainer_state.json", self._trainer_state())
+            write_json(self.out / "trainer_state.json", self._trainer_state())
             writer.close()
         if self.world > 1:
             dist.barrier()

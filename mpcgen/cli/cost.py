@@ -1,6 +1,6 @@
 """Cost of ONE encrypted forward pass of a random model of a given geometry (no checkpoint needed).
 
-    python -m mpcgen.mpc.cost --preset merge --arch decoder --layers 12 --d-model 768 --heads 12 \\
+    python -m mpcgen.cli.cost --preset merge --arch decoder --layers 12 --d-model 768 --heads 12 \\
         --vocab 50257 --tokens 32 --weights private --provider ttp --json out.json
 
 Runs the server, the client (and the dealer for ``ttp``) as local processes, prints seconds, rounds and bytes (total
@@ -11,7 +11,6 @@ are random: cost depends on geometry and preset only, not on the weights' values
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -21,43 +20,32 @@ from typing import Any, Sequence
 import torch
 
 from mpcgen.checkpoint import write_json
+from mpcgen.cli import setup_logging
 from mpcgen.errors import MpcgenError
-from mpcgen.mpc.encrypt import WEIGHT_MODES
-from mpcgen.mpc.launch import CLIENT, DEFAULT_TIMEOUT_S, PROVIDERS, SERVER, run_parties
-from mpcgen.mpc.meter import NETWORKS, CostReport
-
-DEFAULT_FAMILY = {"decoder": "gpt2", "encoder-decoder": "bart"}
+from mpcgen.mpc.costs import NETWORKS, CostReport
+from mpcgen.mpc.roles import CLIENT, DEFAULT_TIMEOUT_S, PROVIDERS, SERVER, WEIGHT_MODES
 
 
 def build_config(args: argparse.Namespace) -> Any:
     """The ModelConfig for the requested geometry and preset."""
-    from mpcgen.models import PRESETS, ModelConfig
+    from mpcgen.models.geometry import geometry_config
 
-    if args.preset not in PRESETS:
-        raise MpcgenError(f"unknown preset {args.preset!r}: use one of {sorted(PRESETS)}")
-    family = args.family or DEFAULT_FAMILY.get(args.arch)
-    if family is None:
-        raise MpcgenError(f"unknown arch {args.arch!r}: use one of {sorted(DEFAULT_FAMILY)}")
     tokens = max(args.tokens, args.decoder_tokens or 0)
-    config = ModelConfig(
-        arch=args.arch, family=family, vocab_size=args.vocab, n_positions=max(args.positions, tokens),
-        n_embd=args.d_model, n_layer=args.layers, n_head=args.heads,
-        n_encoder_layer=(args.encoder_layers or args.layers) if args.arch == "encoder-decoder" else 0,
-    )
-    return config.with_preset(args.preset)
+    return geometry_config(preset=args.preset, arch=args.arch, family=args.family, layers=args.layers,
+                           d_model=args.d_model, heads=args.heads, vocab=args.vocab,
+                           positions=max(args.positions, tokens), encoder_layers=args.encoder_layers)
 
 
 def cost_party(rank: int, config_dict: dict, tokens: int, decoder_tokens: int | None, weights: str,
                seed: int, fixed_weights: bool = True) -> Any:
     """One party: the server (and, with public weights, the client) builds the random model from ``seed``; the
     client draws random ids."""
-    from mpcgen.models import ModelConfig, build_model
+    from mpcgen.models.geometry import random_model
     from mpcgen.mpc.runtime import forward_party
 
     model = None
     if rank == SERVER or weights == "public":
-        torch.manual_seed(seed)
-        model = build_model(ModelConfig.from_dict(config_dict)).eval()
+        model = random_model(config_dict, seed)
     ids = dec_ids = None
     if rank == CLIENT:
         gen = torch.Generator().manual_seed(seed + 1)
@@ -79,16 +67,20 @@ def format_report(report: CostReport) -> str:
              "projected: " + ", ".join(f"{name} {report.projected(name):.2f} s" for name in NETWORKS),
              f"{'group':<12}{'seconds':>10}{'rounds':>9}{'online MB':>12}{'dealer rnds':>13}{'dealer MB':>11}"]
     for name, g in report.groups.items():
-        lines.append(f"{name:<12}{g['seconds']:>10.2f}{int(g['rounds']):>9}{g['online_bytes'] / 1e6:>12.3f}"
-                     f"{int(g['dealer_rounds']):>13}{g['dealer_bytes'] / 1e6:>11.3f}")
+        lines.append(f"{name:<12}{g.seconds:>10.2f}{int(g.rounds):>9}{g.bytes / 1e6:>12.3f}"
+                     f"{int(g.dealer_rounds):>13}{g.dealer_bytes / 1e6:>11.3f}")
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mpcgen.mpc.cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="vanilla")
+    from mpcgen.models.config import PRESETS
+    from mpcgen.models.geometry import DEFAULT_FAMILY, FAMILY_FIELDS
+
+    parser = argparse.ArgumentParser(prog="python -m mpcgen.cli.cost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="vanilla", choices=sorted(PRESETS))
     parser.add_argument("--arch", default="decoder", choices=sorted(DEFAULT_FAMILY))
-    parser.add_argument("--family", default=None, help="gpt2 | t5 | bart (default: gpt2 / bart by arch)")
+    parser.add_argument("--family", default=None, choices=sorted(FAMILY_FIELDS),
+                        help="default: gpt2 (decoder) / t5 (encoder-decoder)")
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--encoder-layers", type=int, default=None, help="default: --layers")
     parser.add_argument("--d-model", type=int, default=768)
@@ -110,10 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO)
     try:
         if args.tokens < 1 or (args.decoder_tokens is not None and args.decoder_tokens < 1):
             raise MpcgenError("--tokens and --decoder-tokens must be >= 1")
+        from mpcgen.mpc.launch import run_parties
+
         config = build_config(args)
         dec_tokens = (args.decoder_tokens or args.tokens) if args.arch == "encoder-decoder" else None
         start = time.perf_counter()
@@ -133,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fixed_weights": args.weights == "private" and args.fixed_weights == "on", "provider": args.provider, "seconds": report.wall_s, "launch_seconds": elapsed,
         "rounds": report.rounds, "online_bytes": report.online_bytes, "dealer_rounds": report.dealer_rounds,
         "dealer_bytes": report.dealer_bytes, "projected_s": {name: report.projected(name) for name in NETWORKS},
-        "groups": report.groups, "parties": [dataclasses.asdict(p) for p in report.parties],
+        "groups": {g: c.to_dict() for g, c in report.groups.items()}, "parties": [p.to_dict() for p in report.parties],
     }
     if args.json:
         write_json(args.json, record)

@@ -1,10 +1,11 @@
-"""Plaintext decoding with Hugging Face models: the quality reference for private generation.
+"""Plaintext decoding with Hugging Face models (stage-1 teachers): the quality reference for private generation.
 
 :func:`generate_texts` turns sources into texts with greedy or beam search. Stage 1 evaluates teachers with it;
 stage 2 and the private generator compare their outputs against it, so it pins everything that could make two runs
 of the same model disagree:
 
-- prompts are built by :func:`mpcgen.tokenization.encode_prompt`, exactly as in training;
+- prompts are built by :func:`mpcgen.tokenization.encode_sources`, exactly as in training and as mpcgen models'
+  evaluation builds them (:mod:`mpcgen.generation.texts`), truncated to the same budget;
 - decoder-only batches are left-padded with an attention mask *and* explicit position ids, so a padded prompt
   generates what it generates alone (positions count real tokens only);
 - special token ids (eos, pad, decoder start) come from the tokenizer and the model config, and every other
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from mpcgen.errors import MpcgenError
-from mpcgen.tokenization import TRUNCATIONS, decode_output, encode_prompt
+from mpcgen.tokenization import decode_output, encode_sources
 
 logger = logging.getLogger(__name__)
 
@@ -134,18 +135,8 @@ def generate_texts(
     if not sources:
         return []
     ids = special_token_ids(model, tokenizer, is_encoder_decoder=is_encoder_decoder)
-    limit = _position_limit(model)
-    # Prompts longer than the model allows have their source truncated, as in training (source first).
-    room = None if limit is None else (limit if is_encoder_decoder else limit - max_new_tokens)
-    if room is not None and room < 3:
-        raise MpcgenError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's {limit} "
-                          "positions; lower --max-new-tokens")
-    before = TRUNCATIONS["prompt"]
-    prompts = [encode_prompt(tokenizer, source, is_encoder_decoder=is_encoder_decoder, max_length=room)
-               for source in sources]
-    if TRUNCATIONS["prompt"] > before:
-        logger.warning("%d of %d prompts truncated to %d tokens (the model has %d positions)",
-                       TRUNCATIONS["prompt"] - before, len(sources), room, limit)
+    prompts = encode_sources(tokenizer, sources, is_encoder_decoder=is_encoder_decoder,
+                             n_positions=_position_limit(model), max_new_tokens=max_new_tokens)
 
     beam_settings = {"length_penalty": length_penalty, "early_stopping": True} if num_beams > 1 else {}
     config = GenerationConfig(

@@ -1,0 +1,66 @@
+"""Training data: train/validation splits, encoding for training, and batching with dynamic padding."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from mpcgen.data import load_examples
+from mpcgen.errors import MpcgenError
+from mpcgen.tokenization import IGNORE_INDEX, encode_for_training
+
+logger = logging.getLogger(__name__)
+
+
+def load_splits(task: str, data_dir: str | None, holdout_percent: float) -> tuple[list, list, str]:
+    """(train, validation, train split name). Tasks without a train split train on validation minus a holdout."""
+    try:
+        return load_examples(task, "train", data_dir), load_examples(task, "validation", data_dir), "train"
+    except MpcgenError as exc:
+        if "no train split" not in str(exc):
+            raise
+    rows = load_examples(task, "validation", data_dir)
+
+    # Hold out by a hash of the source so all references of one source fall on the same side.
+    def held(ex) -> bool:
+        return int(hashlib.md5(ex.source.encode()).hexdigest(), 16) % 10000 < holdout_percent * 100
+
+    train, val = [ex for ex in rows if not held(ex)], [ex for ex in rows if held(ex)]
+    logger.warning("%s has no train split: TRAINING ON 'validation' (%d examples), holding out %d (%.1f%% of sources) "
+                   "for the validation loss; evaluate on 'test' only", task, len(train), len(val), holdout_percent)
+    return train, val, "validation"
+
+
+def encode_examples(
+    tokenizer: PreTrainedTokenizerBase, examples: Iterable[Any], *, is_encoder_decoder: bool, max_length: int
+) -> list[dict[str, list[int]]]:
+    """Encode ``Example(source, target)`` objects for training."""
+    return [encode_for_training(tokenizer, ex.source, ex.target, is_encoder_decoder=is_encoder_decoder,
+                                max_length=max_length) for ex in examples]
+
+
+@dataclass
+class Collator:
+    """Dynamic padding: pad to the longest sequence of the batch; labels get -100 on padding."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        n_in = max(len(r["input_ids"]) for r in rows)
+        n_lab = max(len(r["labels"]) for r in rows)
+        input_ids = torch.full((len(rows), n_in), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), n_in), dtype=torch.long)
+        labels = torch.full((len(rows), n_lab), IGNORE_INDEX, dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            attention[i, : len(r["input_ids"])] = 1
+            labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+__all__ = ["Collator", "encode_examples", "load_splits"]

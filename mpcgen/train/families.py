@@ -1,0 +1,188 @@
+"""Model families for training: how to build, load and export each Hugging Face model family.
+
+The families themselves are :data:`mpcgen.models.config.FAMILIES` (name -> architecture), the one list every layer
+reads; here each gets its training facts (a :class:`FamilySpec`: config and model classes, the default pretrained
+name, scratch size presets as data, what DP-SGD freezes, LoRA targets).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    BartConfig,
+    BartForConditionalGeneration,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+from mpcgen.errors import MpcgenError
+from mpcgen.models.config import FAMILIES
+from mpcgen.tokenization import prepare_tokenizer
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One model family (a key of :data:`FAMILIES`): how to build it, load it, and what DP-SGD freezes in it."""
+
+    name: str
+    config_cls: type[PretrainedConfig]
+    model_cls: type[PreTrainedModel]
+    default_name: str
+    # Scratch geometries: overrides of the config's defaults; "base" is the real *-base geometry.
+    sizes: dict[str, dict[str, Any]]
+    # Substrings of parameter names whose per-sample gradients Opacus cannot compute (looked up without a batch
+    # dimension: learned positions, T5's relative attention bias); frozen under --dp.
+    dp_frozen: tuple[str, ...]
+    # LoRA target modules (peft names).
+    lora_targets: tuple[str, ...]
+    # The Hugging Face config field counting decoder layers (all layers for GPT-2): what distillation's
+    # --constant-attention-layers indexes.
+    decoder_layers: str
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return FAMILIES[self.name] == "encoder-decoder"
+
+
+# One entry per family of FAMILIES (tests check that the keys agree).
+SPECS: dict[str, FamilySpec] = {
+    "gpt2": FamilySpec(
+        "gpt2",
+        GPT2Config,
+        GPT2LMHeadModel,
+        "gpt2",
+        sizes={
+            "tiny": dict(n_layer=2, n_embd=128, n_head=2),
+            # The CPU quality recipe: 4 layers, d 256, ~4.2M parameters with a ~4k vocabulary: small enough for
+            # ~4 epochs of E2E in 55 minutes on 2 cores (more epochs beat more width at this budget).
+            "small": dict(n_layer=4, n_embd=256, n_head=4),
+            "base": dict(n_layer=12, n_embd=768, n_head=12),
+        },
+        dp_frozen=("transformer.wpe.",),
+        lora_targets=("c_attn", "c_proj", "c_fc"),
+        decoder_layers="n_layer",
+    ),
+    "t5": FamilySpec(
+        "t5",
+        T5Config,
+        T5ForConditionalGeneration,
+        "t5-small",
+        sizes={
+            "tiny": dict(d_model=128, d_kv=64, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=2),
+            "small": dict(d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=4),
+            "base": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_decoder_layers=12, num_heads=12),
+        },
+        dp_frozen=("relative_attention_bias",),
+        lora_targets=("q", "k", "v", "o", "wi", "wo"),
+        decoder_layers="num_decoder_layers",
+    ),
+    "bart": FamilySpec(
+        "bart",
+        BartConfig,
+        BartForConditionalGeneration,
+        "facebook/bart-base",
+        sizes={
+            "tiny": dict(d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                         decoder_attention_heads=2, encoder_ffn_dim=256, decoder_ffn_dim=256),
+            "small": dict(d_model=256, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
+                          decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024),
+            "base": dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                         decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072),
+        },
+        dp_frozen=("embed_positions.",),
+        lora_targets=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+        decoder_layers="decoder_layers",
+    ),
+}
+
+
+def family_spec(model: str) -> FamilySpec:
+    """The :class:`FamilySpec` for ``model``; an unknown name lists the valid ones."""
+    if model not in SPECS:
+        raise MpcgenError(f"unknown model {model!r}; choose one of {sorted(FAMILIES)}")
+    return SPECS[model]
+
+
+def build_scratch_model(
+    model: str, size: str, tokenizer: PreTrainedTokenizerBase, *, max_length: int, dropout: float = 0.1
+) -> PreTrainedModel:
+    """A randomly initialised model of family ``model`` and preset ``size`` sized to ``tokenizer``'s vocabulary."""
+    spec = family_spec(model)
+    if size not in spec.sizes:
+        raise MpcgenError(f"unknown --size {size!r} for {model}; choose one of {sorted(spec.sizes)}")
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    geometry = dict(spec.sizes[size])
+    if model == "gpt2":
+        config = GPT2Config(vocab_size=len(tokenizer), n_positions=max_length, resid_pdrop=dropout,
+                            embd_pdrop=dropout, attn_pdrop=dropout, **geometry, **ids)
+    elif model == "t5":
+        # T5 starts decoding from pad, as the pretrained checkpoints do.
+        config = T5Config(vocab_size=len(tokenizer), dropout_rate=dropout, decoder_start_token_id=tokenizer.pad_token_id,
+                          **geometry, **ids)
+    else:
+        # Scratch BART starts decoding from bos (pretrained BART uses eos), so decode_output can skip it.
+        config = BartConfig(vocab_size=len(tokenizer), max_position_embeddings=max_length, dropout=dropout,
+                            decoder_start_token_id=tokenizer.bos_token_id, forced_eos_token_id=tokenizer.eos_token_id,
+                            **geometry, **ids)
+    return spec.model_cls(config)
+
+
+def load_pretrained(model: str, name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model and tokenizer with ``from_pretrained``, add missing special tokens, resize the embeddings."""
+    spec = family_spec(model)
+    auto = AutoModelForSeq2SeqLM if spec.is_encoder_decoder else AutoModelForCausalLM
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        net = auto.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise MpcgenError(f"cannot load {model} from {name_or_path!r} ({exc.__class__.__name__}): give --name-or-path "
+                          "a local checkpoint directory, or use --init scratch") from None
+    tokenizer = prepare_tokenizer(tokenizer, is_encoder_decoder=spec.is_encoder_decoder)
+    if len(tokenizer) != net.get_input_embeddings().num_embeddings:
+        net.resize_token_embeddings(len(tokenizer))
+    net.config.pad_token_id = tokenizer.pad_token_id
+    return net, tokenizer
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Strip DDP / Opacus wrappers (both keep the wrapped model in ``.module`` / ``._module``)."""
+    while True:
+        if hasattr(model, "_module"):
+            model = model._module
+        elif isinstance(model, nn.parallel.DistributedDataParallel) or type(model).__name__ == "DPDDP":
+            model = model.module
+        else:
+            return model
+
+
+def export_hf_model(model: nn.Module) -> PreTrainedModel:
+    """A plain Hugging Face model of the current weights (LoRA merged into a copy; the training model is untouched)."""
+    from mpcgen.train.dp import LINEARIZED_ATTR, restore_conv1d  # here: dp imports this module
+
+
+    model = unwrap(model)
+    if hasattr(model, "merge_and_unload"):
+        model = copy.deepcopy(model).merge_and_unload()
+    linearized = getattr(model, LINEARIZED_ATTR, None)
+    if linearized:
+        model = copy.deepcopy(model)
+        restore_conv1d(model, linearized)
+        delattr(model, LINEARIZED_ATTR)
+    return model
+
+
+__all__ = ["SPECS", "FamilySpec", "build_scratch_model", "export_hf_model", "family_spec",
+           "load_pretrained", "unwrap"]

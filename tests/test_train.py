@@ -1,0 +1,109 @@
+"""mpcgen.train's pieces: the lr schedule (same values as the formula runs so far used), the weight-decay rule shared
+with distillation, the family registry, and resuming from a resume state written before the schedule moved to
+transformers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mpcgen.errors import MpcgenError
+from mpcgen.models.config import FAMILIES
+from mpcgen.train import SPECS, family_spec, lr_factor, scheduler, weight_decay_groups
+from mpcgen.train.schedule import capped_warmup
+
+
+def old_lr_factor(step: int, *, warmup: int, total: int, kind: str) -> float:
+    """The schedule as mpcgen/training.py computed it before it moved onto transformers' schedules."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "linear":
+        return 1.0 - progress
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+@pytest.mark.parametrize("kind", ["constant", "cosine", "linear"])
+@pytest.mark.parametrize("warmup,total", [(0, 50), (1, 1), (1, 7), (2, 10), (200, 1000), (200, 37), (100, 10**9)])
+def test_schedule_matches_the_old_formula_exactly(kind, warmup, total):
+    warmup = capped_warmup(warmup, total)
+    steps = sorted({0, 1, warmup - 1, warmup, warmup + 1, total // 3, total // 2, total - 1, total, total + 5}
+                   - {-1})
+    for step in steps:
+        assert lr_factor(step, warmup=warmup, total=total, kind=kind) == old_lr_factor(
+            step, warmup=warmup, total=total, kind=kind), step  # bit for bit: resumed runs must not drift
+
+
+def test_warmup_cap_and_unknown_schedule():
+    assert capped_warmup(200, 1000) == 100 and capped_warmup(200, 5) == 1 and capped_warmup(3, 10**9) == 3
+    with pytest.raises(MpcgenError, match=r"unknown --schedule 'step'; choose one of \['constant', 'cosine'"):
+        lr_factor(0, warmup=0, total=10, kind="step")
+
+
+def test_scheduler_sets_each_groups_lr_from_the_start_step_and_follows_a_changing_total():
+    a, b = nn.Parameter(torch.zeros(2, 2)), nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([{"params": [a]}, {"params": [b], "lr_scale": 0.1}], lr=1e-3)
+    total = {"steps": 100}
+
+    def lr_at(step: int) -> float:
+        return 1e-3 * lr_factor(step, warmup=5, total=total["steps"], kind="cosine")
+
+    sched = scheduler(opt, lr_at, step=40)  # a resumed run at step 40
+    assert [g["lr"] for g in opt.param_groups] == [lr_at(40), lr_at(40) * 0.1]
+    opt.step()
+    total["steps"] = 60  # a time budget re-fits the run
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [lr_at(41), lr_at(41) * 0.1]
+    assert opt.param_groups[0]["lr"] == 1e-3 * old_lr_factor(41, warmup=5, total=60, kind="cosine")
+
+
+def test_trainer_and_distillation_share_the_weight_decay_rule():
+    from mpcgen.distill import param_groups
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    model[2].bias.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ours = weight_decay_groups(params, 0.01)
+    assert [len(g["params"]) for g in ours] == [2, 3] and [g["weight_decay"] for g in ours] == [0.01, 0.0]
+    assert ours[0]["params"][0] is model[0].weight and ours[1]["params"][0] is model[0].bias
+    distilled = param_groups(model, 0.01, reciprocal_lr_scale=0.0)
+    assert [[id(p) for p in g["params"]] for g in distilled] == [[id(p) for p in g["params"]] for g in ours]
+
+
+def test_one_list_of_families():
+    assert set(SPECS) == set(FAMILIES)
+    for name in FAMILIES:
+        assert family_spec(name).is_encoder_decoder == (FAMILIES[name] == "encoder-decoder")
+    with pytest.raises(MpcgenError, match=r"choose one of \['bart', 'gpt2', 't5'\]"):
+        family_spec("llama")
+
+
+def test_resume_from_a_state_without_scheduler_fields(capsys, tmp_path):
+    """Resume states written before the LambdaLR (no ``initial_lr`` in the optimizer groups) resume with the lrs
+    the old loop would have used."""
+    from nlg.finetune import main
+
+    args = ["--task", "e2e", "--model", "gpt2", "--init", "scratch", "--size", "tiny", "--limit-train", "32",
+            "--limit-val", "16", "--batch-size", "8", "--warmup-steps", "2", "--vocab-size", "512",
+            "--num-threads", "1", "--schedule", "linear", "--lr", "1e-3", "--eval-every", "2", "--out", str(tmp_path)]
+    assert main([*args, "--max-steps", "4"]) == 0
+    state_path = tmp_path / "resume" / "state.json"
+    state = json.loads(state_path.read_text())
+    for group in state["optimizer"]["param_groups"]:
+        group.pop("initial_lr")
+    state_path.write_text(json.dumps(state))
+    assert main([*args, "--max-steps", "7"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["start_step"] == 4 and summary["step"] == 7
+    saved = json.loads(state_path.read_text())["optimizer"]["param_groups"]
+    # The groups hold the lr of the last step taken (step 6 of 0..6) under the resumed run's total of 7.
+    expected = 1e-3 * old_lr_factor(6, warmup=capped_warmup(2, 7), total=7, kind="linear")
+    assert [g["lr"] for g in saved] == [expected, expected]
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["history"]
+    assert [h["step"] for h in history] == [2, 4, 6, 7]
