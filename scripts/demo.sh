@@ -5,7 +5,8 @@
 #   3. distil it into an MPC-friendly MERGE student (constant attention, quadratic activations, merged linear ops,
 #      Embedding Resending) and evaluate the student with the decoding it uses privately;
 #   4. generate text privately for 3 E2E test MRs: the student's weights (server) and the MRs (client) stay secret,
-#      two-party CrypTen on local processes; prints each text and its time, rounds and bytes.
+#      two-party CrypTen on local processes; prints the teacher's plaintext text, then each private text (client-side
+#      token choice, Embedding Resending, secure-argmax tokens) with its time, rounds and bytes per token.
 # Data: --data-dir / $MPCGEN_DATA_DIR, else ../shared/data beside the repository.
 # Usage: scripts/demo.sh [--out DIR] [--steps N] [--distill-steps N] [--limit N]
 set -euo pipefail
@@ -51,6 +52,12 @@ from mpcgen.data import load_grouped
 with open(sys.argv[1], "w", encoding="utf-8") as f:
     f.writelines(ex.source + "\n" for ex in load_grouped("e2e", "test")[:3])
 PY
+echo "-- the teacher in plaintext (the reference the private texts are compared with)"
+$py -m mpcgen.generate --model "$out/teacher" --input-file "$out/prompts.txt" --max-new-tokens 24 --plaintext \
+    --decoding client --no-progress
+echo "-- client-side token choice (the client sees each step's logits and picks the token; a few rounds per token)"
+$py -m mpcgen.generate --model "$out/merge" --input-file "$out/prompts.txt" --max-new-tokens 24 --provider ttp \
+    --weights private --decoding client
 echo "-- Embedding Resending (MERGE's decoding: no token lookup or argmax under MPC; a demo-sized student's ER"
 echo "   rollout still repeats itself, see docs/results.md)"
 $py -m mpcgen.generate --model "$out/merge" --input-file "$out/prompts.txt" --max-new-tokens 24 --provider ttp \

@@ -15,36 +15,21 @@ names replaced by a placeholder (so "All Bar One" is no rating of one). Inside a
   training references use: English ~ British, Japanese ~ sushi, Italian ~ pasta/pizza;
 * ``area``: ``riverside`` also by ``river...``, waterfront, waterside, by the water; ``city centre`` also by
   centre/center/downtown/central(ly), heart/middle of (the) city/town;
-* ``familyFriendly``: the output's polarity must equal the value. A mention is family(ies), kid(s), kiddos,
-  child(ren), youngster(s), toddler(s), or "all ages". A mention is *negated* by a negation (not, no, non, none,
-  never, without, n't, cannot, nor, neither) up to 7 words before it in its scope ("not the type of place to bring
-  children"; "not far", "not only", "no further" do not negate), by unsuitable/unfriendly/unwelcoming/lacking/
-  leave/avoid/bad/less up to 2 words before ("leave the kids at home"), by a negative predicate after it with
-  only auxiliaries between ("children are not welcome", "kids not allowed", "families are prohibited",
-  "family-unfriendly"), by ``free`` right after a child word ("child-free"), or by a trailing "friendly no"
-  ("family friendly no"). A sentence with adult(s) and no family word is a negated mention ("for adults only");
-  with one, it is not ("adults and children alike", "kids as well as adults"). Any negated mention -> ``no``;
-  else any mention -> ``yes``; else not realised (missing);
-* ``priceRange``: the six values form three classes whose evidence is shared: cheap = less than £20, moderate =
-  £20-25, high = more than £30. Evidence: amounts (``less than/under/below/up to/no more than 20``,
-  ``20 or less``; ``20 (to/-/and) 25``; ``more than/over/above/at least/from/starting at 30``, ``30 plus`` /
-  ``£30+`` / ``30 or more``, not after "no"/"not"; digits or words, with or without ``£``/pounds); words that are
-  prices wherever they stand (cheap..., inexpensive, budget, bargain; expensive, pricey, costly, upscale,
-  upmarket, overpriced; affordable counts as cheap *or* moderate; "not expensive" as cheap or moderate); and
-  adjectives read with their noun (low/lower; moderate(ly), medium, mid, middle, average(ly), modest(ly);
-  high/higher/highly, upper, premium; reasonable, fair, decent, good, great, well, competitive -> cheap or
-  moderate; "below/above average" -> cheap/high; "high end", "high-class" -> high): the adjective counts for the
-  price only when the nearest anchor noun is a price word (price(s), priced, pricing, cost(s), range, bracket),
-  so "highly rated" is no high price. "moderate" with no anchor noun in reach is a price ("It is moderate");
-* ``customer rating``: ``1/3/5 out of 5`` are the classes ``low``/``average``/``high``. Evidence: ``N out of 5``,
-  ``N out 5``, ``N of 5``, ``N/5`` (N = 1/3/5 in digits or words; ``N out of 4`` counts for nothing), ``N
-  star(s)`` / ``N-star`` (but not the 5 of "1 out of 5 stars"), "rated/rating (of) N", "a N customer rating";
-  class words read with their noun: low/poor/bad/negative/terrible/lowly...; average/mediocre/moderate(ly)/
-  decent/okay/fair/medium/mid/good/well; high/highly/excellent/great/top/perfect/outstanding/fantastic/good/
-  well... ("good" and "well" are both average and high). A class word counts only when its nearest anchor noun is
-  a rating word (rating(s), rated, rate(s), review(s), star(s), score(s), customer(s), feedback, ranked): in "low
-  prices, customer rating 5 out of 5" the "low" belongs to the prices. Negated praise ("not highly rated",
-  "doesn't have a very good rating") is a low rating.
+* ``familyFriendly``: the output's polarity must equal the value. A mention is family(ies), kid(s), child(ren),
+  youngster(s), toddler(s) or "all ages"; it is *negated* by a negation up to 7 words before it in its scope ("not
+  the type of place to bring children"), by a negative cue just before it ("leave the kids at home") or a negative
+  predicate after it ("children are not welcome", "family-unfriendly", "child-free"). A sentence with adult(s) and
+  no family word is negated ("for adults only"); with one it is not ("adults and children alike"). Any negated
+  mention -> ``no``; else any mention -> ``yes``; else missing;
+* ``priceRange``: three classes, cheap = less than £20, moderate = £20-25, high = more than £30. Evidence: amounts
+  ("under 20", "20-25", "£30+", "more than thirty pounds"), price words wherever they stand (cheap, inexpensive,
+  expensive, pricey, upscale; affordable = cheap or moderate), and adjectives (low, moderate(ly), average(ly),
+  high(ly), reasonable, ...) read with their nearest anchor noun, which must be a price word: "highly rated" is no
+  high price;
+* ``customer rating``: ``1/3/5 out of 5`` are ``low``/``average``/``high``. Evidence: "N out of 5", "N/5", "N
+  stars", "rated N", and class words (low, poor, average, decent, high, excellent, ...) whose nearest anchor noun
+  is a rating word: in "low prices, customer rating 5 out of 5" the "low" belongs to the prices. Negated praise
+  ("doesn't have a very good rating") is low. The word lists: ``docs/metrics.md``.
 
 Anchor nouns: an adjective belongs to the nearest anchor word within 6 words of its scope; on a tie, to the one
 after it ("low prices ... rating": prices), unless it follows a copula ("the rating is low the price range ..."):
