@@ -9,7 +9,6 @@ otherwise; ``decoding`` picks another). ``python -m nlg.evaluate`` is the comman
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time

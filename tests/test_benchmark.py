@@ -22,7 +22,6 @@ from benchmark.harness import BenchSpec, build_config, launch_local, make_job, p
 from benchmark.network import networks, parse_network
 from benchmark.run import main as run_main
 from benchmark.sweep import main as sweep_main
-from mpcgen.errors import MpcgenError
 from mpcgen.mpc.costs import NETWORKS
 
 TINY = ["--layers", "1", "--d-model", "32", "--heads", "2", "--vocab", "64"]

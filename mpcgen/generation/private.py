@@ -60,10 +60,11 @@ logger = logging.getLogger(__name__)
 
 
 class TimedHooks(Hooks):
-    """Plaintext backend that records the wall time at each mark."""
+    """Plaintext backend that records the wall time at each mark; it runs every step, as under MPC."""
 
-    def __init__(self, *, stop_early: bool = False) -> None:
-        self.may_stop_early = stop_early
+    may_stop_early = False
+
+    def __init__(self) -> None:
         self.start = time.perf_counter()
         self.times: list[float] = []
 

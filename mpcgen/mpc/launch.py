@@ -38,8 +38,7 @@ import torch
 from mpcgen.errors import MpcgenError
 from mpcgen.mpc import fixed
 from mpcgen.mpc.compat import crypten
-from mpcgen.mpc.roles import CLIENT, DEFAULT_TIMEOUT_S, PROVIDERS, ROLES, SERVER, check_provider, rank_role, \
-    role_rank
+from mpcgen.mpc.roles import DEFAULT_TIMEOUT_S, PROVIDERS, ROLES, SERVER, check_provider, rank_role, role_rank
 
 logger = logging.getLogger(__name__)
 
