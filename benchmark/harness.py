@@ -40,6 +40,7 @@ import math
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,7 @@ class BenchSpec:
     checkpoint: str | None = None
     timeout: float = 6 * 3600.0
     progress: bool = False
+    tls: bool = False  # TLS 1.3 party links (certificates made for the run) instead of plaintext ones
     nets: list[str] = field(default_factory=list)
 
     def check(self) -> None:
@@ -172,13 +174,30 @@ def prompt_ids(vocab: int, length: int, seed: int) -> list[int]:
     return torch.randint(0, vocab, (length,), generator=gen).tolist()
 
 
+def bench_certs() -> Path:
+    """A CA and party certificates for TLS benchmark runs (made once per process, in a temporary folder)."""
+    global _CERTS
+    if _CERTS is None:
+        from mpcgen.certs import issue, make_ca
+        from mpcgen.mpc.roles import ROLES
+
+        _CERTS = Path(tempfile.mkdtemp(prefix="mpcgen-bench-certs-"))
+        make_ca(_CERTS)
+        for role in ROLES:
+            issue(_CERTS, role)
+    return _CERTS
+
+
+_CERTS: Path | None = None
+
+
 def launch_local(job: dict[str, Any], prompt: list[int], provider: str, timeout: float) -> dict[str, Any]:
     """Server, client (and dealer) as local processes on loopback; the client's generation stats (a dict)."""
     from mpcgen.mpc.launch import run_parties
     from mpcgen.mpc.roles import CLIENT
 
     return run_parties(bench_party, provider=provider, timeout=timeout, args=(job,),
-                       party_args={CLIENT: (prompt,)})[CLIENT]
+                       party_args={CLIENT: (prompt,)}, tls=bench_certs() if job.get("tls") else None)[CLIENT]
 
 
 def run_phases(stats: dict[str, Any]) -> list[costs.Phase]:
@@ -357,7 +376,7 @@ def make_job(spec: BenchSpec, config: Any, max_new_tokens: int) -> dict[str, Any
     """What every party of a run needs to know (the client's prompt travels apart)."""
     return {"config": config.to_dict(), "checkpoint": spec.checkpoint, "seed": spec.seed, "weights": spec.weights,
             "max_new_tokens": max_new_tokens, "decoding": point_decoding(spec, config),
-            "fixed_weights": spec.fixed_weights == "on", "progress": spec.progress}
+            "fixed_weights": spec.fixed_weights == "on", "progress": spec.progress, "tls": spec.tls}
 
 
 def run_point(spec: BenchSpec, *, netns: Network | None = None, netns_runs: int = 1,
@@ -383,7 +402,7 @@ def run_point(spec: BenchSpec, *, netns: Network | None = None, netns_runs: int 
         "family": config.family, "layers": config.n_layer, "encoder_layers": config.n_encoder_layer,
         "d_model": config.n_embd, "heads": config.n_head, "d_ff": config.ff_dim, "vocab": config.vocab_size,
         "positions": config.n_positions, "msl": spec.msl, "prefix_len": spec.prefix_len, "weights": spec.weights,
-        "provider": spec.provider, "fixed_weights": fixed, "runs": spec.runs, "seed": spec.seed,
+        "provider": spec.provider, "fixed_weights": fixed, "tls": spec.tls, "runs": spec.runs, "seed": spec.seed,
         "checkpoint": spec.checkpoint, "max_new_tokens": spec.max_new_tokens, "window": "+".join(windows),
         "tokens": t, "measured_tokens": k,
         **derive(windows, t=t, k=k, prefix=spec.prefix_len, arch=config.arch, nets=nets),

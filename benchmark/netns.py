@@ -10,8 +10,8 @@ so each direction is shaped on its own (a full-duplex link). Kernels built witho
 ``CONFIG_NET_SCH_NETEM`` is not set) get the same link from TUN devices and the user-space emulator
 :mod:`benchmark.linkem` (``shaper="tun"``; ``auto`` picks netem where it exists). The dealer sits beside the
 server: its traffic with the server is loopback (offline traffic, which the projection leaves out too); the client
-reaches it, and the server's rendezvous, over the shaped link. gloo binds to the link's device through
-``GLOO_SOCKET_IFNAME``. Each party is ``ip netns exec NS python -m mpcgen.cli.party generate ...``; the
+reaches it, and the server's rendezvous, over the shaped link (the client listens on its link address for the
+dealer). Links are TLS 1.3 with the job's ``tls``, else plaintext (``--insecure``). Each party is ``ip netns exec NS python -m mpcgen.cli.party generate ...``; the
 namespaces (and with them the devices) are deleted on the way out, also after an error, Ctrl-C or SIGTERM.
 
 The comparison (:func:`check_windows`): for each window the same job runs once more over the link; its measured
@@ -201,11 +201,19 @@ class ShapedLink:
             roles = ["server", "client"] + (["dealer"] if provider == "ttp" else [])
             for role in roles:
                 side = "client" if role == "client" else "server"
-                cmd = [self.ip, "netns", "exec", self.ns[side], "env", f"GLOO_SOCKET_IFNAME={self.dev[side]}",
+                cmd = [self.ip, "netns", "exec", self.ns[side],
                        sys.executable, "-m", "mpcgen.cli.party", "generate", "--role", role,
                        "--rendezvous", rendezvous, "--provider", provider, "--weights", job["weights"],
                        "--fixed-weights", "on" if job["fixed_weights"] else "off", "--timeout", str(timeout),
                        "--threads", "1", "--no-progress"]
+                if job.get("tls"):
+                    from benchmark.harness import bench_certs
+
+                    certs = bench_certs()
+                    cmd += ["--tls-cert", str(certs / f"{role}.crt"), "--tls-key", str(certs / f"{role}.key"),
+                            "--tls-ca", str(certs / "ca.crt")]
+                else:
+                    cmd += ["--insecure"]
                 holds = role == "server" or (role == "client" and job["weights"] == "public")
                 if holds:
                     cmd += (["--model", job["checkpoint"], "--preset", job["config"]["preset"]] if job["checkpoint"]

@@ -71,6 +71,8 @@ def add_point_args(parser: argparse.ArgumentParser, *, geometry: bool = True) ->
                         help="extra network to project on, e.g. 1gbit,10ms (repeatable; lan and wan always)")
     parser.add_argument("--timeout", type=float, default=6 * 3600.0, help="seconds per launch")
     parser.add_argument("--progress", action="store_true", help="progress bar per generated token")
+    parser.add_argument("--tls", action="store_true",
+                        help="TLS 1.3 party links with certificates made for the run (default: plaintext links)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +108,8 @@ def spec_from_args(args: argparse.Namespace, **overrides: Any) -> BenchSpec:
                   weights=args.weights, provider=args.provider, decoding=args.decoding,
                   max_new_tokens=args.max_new_tokens, window=args.window, runs=args.runs, seed=args.seed,
                   fixed_weights=args.fixed_weights, checkpoint=getattr(args, "checkpoint", None),
-                  timeout=args.timeout, progress=args.progress, nets=list(args.net))
+                  timeout=args.timeout, progress=args.progress, tls=getattr(args, "tls", False),
+                  nets=list(args.net))
     fields.update(overrides)
     return BenchSpec(**fields)
 

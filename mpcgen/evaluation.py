@@ -70,15 +70,13 @@ def decode_sources(ckpt: str | os.PathLike, sources: list[str], settings: EvalSe
 
 def _load_hf(ckpt: Path) -> tuple[Any, Any, bool]:
     """A Hugging Face causal or seq2seq LM with its tokenizer (the stage-1 teacher layout)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    try:
-        config = AutoConfig.from_pretrained(ckpt)
-        tokenizer = AutoTokenizer.from_pretrained(ckpt)
-        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        model = auto.from_pretrained(ckpt)
-    except (OSError, ValueError, KeyError) as err:
-        raise MpcgenError(f"{ckpt}: cannot load the Hugging Face model or tokenizer ({err})") from err
+    from mpcgen.models.loading import load_hf_model, read_tokenizer
+
+    tokenizer = read_tokenizer(ckpt, required=True)
+    model, config = load_hf_model(
+        ckpt, lambda c: AutoModelForSeq2SeqLM if c.is_encoder_decoder else AutoModelForCausalLM)
     is_encoder_decoder = bool(config.is_encoder_decoder)
     training_args = read_training_args(ckpt)
     if "is_encoder_decoder" in training_args and bool(training_args["is_encoder_decoder"]) != is_encoder_decoder:

@@ -83,6 +83,19 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 def _check_source(source: str) -> None:
     if not source or not source.strip():
         raise MpcgenError("empty source text: every example needs a non-empty source (meaning representation)")
+    check_text(source, "a source text")
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode: lone surrogates, which is what bytes that are not UTF-8 become in a
+    command-line argument (Python's ``surrogateescape``). Every valid character is left to the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = text[err.start]
+        byte = f", i.e. the byte 0x{ord(bad) - 0xDC00:02x} that is not UTF-8" if 0xDC80 <= ord(bad) <= 0xDCFF else ""
+        raise MpcgenError(f"{what} has a character that is not valid Unicode ({bad!r} at position {err.start}{byte}): "
+                          "pass UTF-8 text") from None
 
 
 def _special_id(tokenizer: PreTrainedTokenizerBase, key: str) -> int:

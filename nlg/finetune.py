@@ -87,11 +87,14 @@ class DPArguments:
     delta: Optional[float] = field(default=None, metadata={"help": "delta (default 1/(10 N), N = training examples)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "clipping norm (DP: per sample; else global)"})
     accountant: str = field(default="rdp", metadata={"help": "rdp | prv"})
+    dp_clipping: str = field(default="ghost", metadata={
+        "help": "per-sample clipping without per-sample gradients (ghost, fast) | Opacus' per-sample gradients "
+                "(per-sample, the reference); both clip every example to --max-grad-norm"})
 
 
 ARG_CLASSES = (DataArguments, ModelArguments, TrainArguments, DPArguments)
 # A resume state is only valid for the same task, model and training mode.
-RESUME_KEYS = ("task", "model", "init", "size", "lora", "dp_enabled", "max_length")
+RESUME_KEYS = ("task", "model", "init", "name_or_path", "size", "lora", "dp_enabled", "max_length")
 
 
 def _dist() -> tuple[int, int]:
@@ -110,7 +113,7 @@ def build(margs: ModelArguments, max_length: int, train_texts: list[str], rank: 
         from transformers import AutoConfig, AutoTokenizer
         return spec.model_cls(AutoConfig.from_pretrained(resume_dir)), AutoTokenizer.from_pretrained(resume_dir)
     if margs.init == "pretrained":
-        return T.load_pretrained(margs.model, margs.name_or_path or spec.default_name)
+        return T.load_pretrained(margs.model, margs.name_or_path or spec.default_name, max_length=max_length)
     if margs.init != "scratch":
         raise MpcgenError(f"unknown --init {margs.init!r}; choose one of ['pretrained', 'scratch']")
     # Rank 0 trains the tokenizer and sends it to the others, so every rank has the same vocabulary.
@@ -135,6 +138,8 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
         raise MpcgenError(f"unknown --resume {targs.resume!r}; choose one of ['auto', 'no', 'yes']")
     if pargs.accountant not in ("rdp", "prv"):
         raise MpcgenError(f"unknown --accountant {pargs.accountant!r}; choose one of ['prv', 'rdp']")
+    if pargs.dp_clipping not in T.CLIPPINGS:
+        raise MpcgenError(f"unknown --dp-clipping {pargs.dp_clipping!r}; choose one of {sorted(T.CLIPPINGS)}")
     if targs.bf16 and pargs.dp:
         raise MpcgenError("--bf16 is not supported with --dp (Opacus computes per-sample gradients in float32)")
     out = Path(targs.out or f"stage1_ckpts/{task}-{margs.model}{'-dp' if pargs.dp else ''}")
@@ -163,8 +168,6 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
         logger.warning("truncated to --max-length %d: %s", dargs.max_length, dict(TRUNCATIONS))
 
     frozen = T.freeze_for_dp(model, margs.model) if pargs.dp else []
-    if pargs.dp:
-        T.linearize_conv1d(model)  # fast per-sample gradients; saved checkpoints keep the HF layout
     if margs.lora:
         model = T.apply_lora(model, margs.model, r=margs.lora_r, alpha=margs.lora_alpha, dropout=0.05)
     n_params = sum(p.numel() for p in model.parameters())
@@ -183,13 +186,14 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
         if total is None:
             raise MpcgenError("--dp needs --max-steps or --epochs: the noise is calibrated to the number of steps "
                               "before training (--max-minutes may still stop earlier)")
-        rate = min(1.0, global_batch / len(train_rows))
+        # The rate Opacus' Poisson loader samples at and its accountant charges: 1 / (batches per epoch).
+        rate = 1.0 / steps_per_epoch
         sigma = T.plan_noise(target_epsilon=pargs.target_epsilon, delta=delta, sample_rate=rate, steps=total,
                              accountant=pargs.accountant)
         dp_plan = T.DPPlan(pargs.target_epsilon, delta, pargs.max_grad_norm, rate, total, sigma, pargs.accountant,
-                           frozen)
-        logger.info("DP-SGD: epsilon %.3g, delta %.3g, sample rate %.4g, %d steps -> noise multiplier %.4g",
-                    pargs.target_epsilon, delta, rate, total, sigma)
+                           frozen, clipping=pargs.dp_clipping)
+        logger.info("DP-SGD (%s clipping): epsilon %.3g, delta %.3g, sample rate %.4g, %d steps -> noise multiplier "
+                    "%.4g", pargs.dp_clipping, pargs.target_epsilon, delta, rate, total, sigma)
 
     training_args = {**all_args, "model": margs.model, "is_encoder_decoder": spec.is_encoder_decoder,
                      "max_length": dargs.max_length, "train_split": train_split, "n_train": len(train_rows),

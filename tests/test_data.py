@@ -126,7 +126,7 @@ GOOD_MR = '"name[The Eagle], food[French]",The Eagle serves French food.\n'
     "body,expected",
     [
         ("mr,ref\n" + GOOD_MR + '"name[The Mill]",\n', r"row 2 \(line 3\).*'ref'"),
-        ("mr,ref\n" + GOOD_MR + '"name The Mill",The Mill.\n', r"row 2 \(line 3\).*'mr'"),
+        ("mr,ref\n" + GOOD_MR + '"name The Mill",The Mill.\n', r"row 2 \(line 3\).*meaning representation"),
         ("meaning,ref\n" + GOOD_MR, r"line 1.*lacks column.*'mr'"),
     ],
 )

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -77,29 +76,6 @@ def test_dp_finetune_reports_recomputable_epsilon(capsys, tmp_path):
     assert state["epsilon"] == pytest.approx(recomputed) == pytest.approx(eps)
 
 
-def test_conv1d_linearization_is_exact_and_saved_in_hf_layout(tmp_path):
-    tok = AutoTokenizer.from_pretrained(_tiny_tokenizer_dir(tmp_path))
-    model = T.build_scratch_model("gpt2", "tiny", tok, max_length=64).eval()
-    ids = torch.tensor([[1, 5, 9, 3, 7]])
-    ref = model(ids).logits
-    names = T.linearize_conv1d(model)
-    assert names and all(isinstance(model.get_submodule(n), torch.nn.Linear) for n in names)
-    torch.testing.assert_close(model(ids).logits, ref)
-    exported = T.export_hf_model(model)
-    exported.save_pretrained(tmp_path / "saved")
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
-    torch.testing.assert_close(reloaded(ids).logits, ref)
-    assert isinstance(model.get_submodule(names[0]), torch.nn.Linear)  # the training model is left linearized
-
-
-def _tiny_tokenizer_dir(tmp_path: Path) -> Path:
-    from mpcgen.tokenization import train_bpe_tokenizer
-
-    tok = train_bpe_tokenizer(["name[The Eagle], food[English]", "The Eagle serves English food."] * 20, 300)
-    tok.save_pretrained(tmp_path / "tok")
-    return tmp_path / "tok"
-
-
 def test_lora_finetune_saves_a_plain_merged_model(capsys, tmp_path):
     summary = finetune(capsys, tmp_path, "--model", "gpt2", "--lora", "--max-steps", "6", "--eval-every", "3",
                        "--lr", "3e-3")
@@ -130,11 +106,12 @@ def test_multiwoz_trains_on_validation_with_disjoint_holdout(data_dir):
     assert not {ex.source for ex in train} & {ex.source for ex in val}
 
 
-def test_torchrun_two_processes(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--dp"]], ids=["plain", "dp"])
+def test_torchrun_two_processes(tmp_path, extra):
     out = tmp_path / "ddp"
     cmd = [str(REPO / ".venv" / "bin" / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m",
            "nlg.finetune", *TINY, "--num-threads", "1", "--model", "gpt2", "--max-steps", "6", "--eval-every", "3",
-           "--out", str(out)]
+           "--out", str(out), *extra]
     # A new session, so that a timeout can kill torchrun's workers too instead of leaving them orphaned.
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
@@ -147,6 +124,7 @@ def test_torchrun_two_processes(tmp_path):
     assert proc.returncode == 0, stderr[-3000:]
     summaries = [line for line in stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and json.loads(summaries[0])["step"] == 6  # only rank 0 reports
+    assert (json.loads(summaries[0])["epsilon"] is not None) == bool(extra)  # DP: saved through Opacus DDP
     args = json.loads((out / "training_args.json").read_text())
     assert args["world_size"] == 2 and args["global_batch_size"] == 16
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no stray temp files

@@ -213,25 +213,31 @@ def _spy_party(rank: int, model, prompts, decoding: str, chooser=None):
     from crypten.mpc import MPCTensor
 
     calls, opened = [], []
-    original = MPCTensor.get_plain_text
+    # Reveals go through mpcgen.mpc.encrypt.reveal (MPCTensor.reveal, then an exact decode); record CrypTen's
+    # get_plain_text too, so that no reveal path escapes the spy.
+    originals = {name: getattr(MPCTensor, name) for name in ("get_plain_text", "reveal")}
     comm = crypten.communicator.get()
     all_reduce = comm.all_reduce
 
-    def recording(self, dst=None):
-        calls.append(dst)
-        return original(self, dst=dst)
+    def recorder(original):
+        def recording(self, dst=None):
+            calls.append(dst)
+            return original(self, dst=dst)
+        return recording
 
     def opening(tensor, *args, **kwargs):  # an opening: what this party learns of x - mask
         out = all_reduce(tensor, *args, **kwargs)
         opened.extend(t.clone() for t in (out if isinstance(out, list) else [out]))
         return out
 
-    MPCTensor.get_plain_text = recording
+    for name, original in originals.items():
+        setattr(MPCTensor, name, recorder(original))
     comm.all_reduce = opening
     try:
         result = generation_party(rank, model, prompts, chooser, max_new_tokens=3, decoding=decoding)
     finally:
-        MPCTensor.get_plain_text = original
+        for name, original in originals.items():
+            setattr(MPCTensor, name, original)
         del comm.all_reduce
     return result, calls, prompts, opened
 

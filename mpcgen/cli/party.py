@@ -1,6 +1,9 @@
 """ONE party of a secure computation on this host: the entry point when server, client and dealer run on separate
 hosts (or network namespaces). Same command on every host, different ``--role``; the server listens at
-``--rendezvous`` (start it first, or within ``--timeout``).
+``--rendezvous`` (start it first, or within ``--timeout``). Across hosts every party gives its certificate, key and
+the deployment's CA (``--tls-cert/--tls-key/--tls-ca``, made by ``python -m mpcgen.certs init``): the links are then
+TLS 1.3 with mutual authentication, and a party whose certificate does not name its role is refused. Plaintext
+links to other hosts need ``--insecure``.
 
 Generation (what ``generate_private`` runs locally)::
 
@@ -37,7 +40,7 @@ logger = logging.getLogger("mpcgen.cli.party")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mpcgen.mpc.roles import DEFAULT_TIMEOUT_S, ROLES
+    from mpcgen.mpc.roles import DEFAULT_LINK_TIMEOUT_S, ROLES
 
     parser = argparse.ArgumentParser(prog="python -m mpcgen.cli.party", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,7 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rendezvous", required=True, help="tcp://HOST:PORT (the server listens) or file:///path")
         p.add_argument("--model", default=None, help="model folder (server; every party with --weights public)")
         p.add_argument("--preset", default="vanilla", help="preset a teacher folder is imported into")
-        p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to connect / per step")
+        p.add_argument("--timeout", type=float, default=DEFAULT_LINK_TIMEOUT_S,
+                       help="seconds a silent peer is waited for before the party gives up, and to connect (default "
+                            f"{DEFAULT_LINK_TIMEOUT_S:g})")
+        p.add_argument("--connect-timeout", type=float, default=None,
+                       help="seconds for every party to join (default --timeout)")
+        tls = p.add_argument_group("party links (TLS 1.3, a certificate per party: python -m mpcgen.certs)")
+        tls.add_argument("--tls-cert", default=None, help="this party's certificate (PEM; common name = its role)")
+        tls.add_argument("--tls-key", default=None, help="this party's private key (PEM)")
+        tls.add_argument("--tls-ca", default=None, help="the deployment's CA certificate every peer's must chain to")
+        tls.add_argument("--insecure", action="store_true",
+                         help="allow plaintext links to other hosts (shares and seeds readable on the network)")
+        tls.add_argument("--listen", default=None,
+                         help="HOST[:PORT] where this party accepts the parties that dial it (the client, for the "
+                              "dealer; default the address it reaches the server from, a free port)")
         p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
         p.add_argument("--out", default=None, help="write this party's result as JSON here")
         add_session_args(p, decoding=name == "generate")
@@ -187,6 +203,20 @@ def run_forward(args: argparse.Namespace, rank: int) -> dict[str, Any] | None:
             "logits_shape": list(out.logits.shape), "argmax": out.logits.argmax(-1).tolist(), "cost": report.to_dict()}
 
 
+def tls_from_args(args: argparse.Namespace) -> Any:
+    """``--tls-cert/--tls-key/--tls-ca`` as :class:`~mpcgen.mpc.links.TlsFiles` (all three or none)."""
+    from mpcgen.mpc.links import TlsFiles
+
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise MpcgenError("give all of --tls-cert, --tls-key and --tls-ca (or none, with --insecure)")
+    if args.insecure:
+        raise MpcgenError("--insecure contradicts --tls-*: drop one")
+    return TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
+
+
 def _joined(args: argparse.Namespace, rank: int, body: Any) -> Any:
     """Join the computation, run ``body`` (or serve as the dealer), leave; ``body``'s result (None: dealer)."""
     import torch
@@ -197,7 +227,9 @@ def _joined(args: argparse.Namespace, rank: int, body: Any) -> Any:
         raise MpcgenError("a dealer is only used with --provider ttp")
     if args.threads:
         torch.set_num_threads(args.threads)
-    init_party(args.role, rank, 2, args.rendezvous, args.provider, timeout=args.timeout)
+    init_party(args.role, rank, 2, args.rendezvous, args.provider, timeout=args.timeout,
+               connect_timeout=args.connect_timeout, tls=tls_from_args(args), listen=args.listen,
+               insecure=args.insecure)
     try:
         if args.role == "dealer":
             serve_dealer()

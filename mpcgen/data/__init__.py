@@ -8,6 +8,11 @@ Where the data lives (:func:`resolve_data_dir`): an explicit ``data_dir`` argume
 ``../shared/data`` beside the repository checkout. The folder holds ``e2e/``, ``webnlg/`` and ``multiwoz/`` as
 described in its README.
 
+As Hugging Face ``datasets`` (optional dependency; :mod:`mpcgen.data.hub`): :func:`load_dataset_dict` gives the staged
+files in the Hub datasets' column names, :func:`load_hub_dataset_dict` loads the Hub (or local JSON/parquet files in
+its shape), and :func:`examples_from_dataset` / :func:`grouped_from_dataset` convert either with the same code as
+:func:`load_examples`.
+
 Example::
 
     from mpcgen.data import load_grouped
@@ -18,13 +23,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mpcgen.data import e2e, multiwoz, webnlg
-from mpcgen.data.e2e import Row
+from mpcgen.data.e2e import Located, Row
 from mpcgen.errors import MpcgenError
+
+if TYPE_CHECKING:  # an optional dependency, imported by mpcgen.data.hub where used
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +65,16 @@ class GroupedExample:
 class TaskSpec:
     """A dataset as the toolkit sees it.
 
-    ``splits`` maps each split to a path relative to the data folder; ``reader`` turns that path into
-    ``(source, target, slots)`` rows; ``missing`` holds a specific message for splits a copy may lack.
+    ``splits`` maps each split to a path relative to the data folder; ``records`` reads that path into located
+    records in the Hub's (flattened) column names; ``to_rows(record, where)`` turns one record, from the files or
+    the Hub, into ``(source, target, slots)`` rows; ``missing`` holds a specific message for splits a copy may lack.
     """
 
     name: str
     description: str
     splits: Mapping[str, str]
-    reader: Callable[[Path], list[Row]]
+    records: Callable[[Path], list[Located]]
+    to_rows: Callable[[Mapping[str, Any], str], list[Row]]
     has_slots: bool
     licence: str
     missing: Mapping[str, str] = field(default_factory=dict)
@@ -74,7 +85,8 @@ TASKS: dict[str, TaskSpec] = {
         name="e2e_nlg",
         description="E2E NLG Challenge: restaurant meaning representations -> descriptions",
         splits={"train": "e2e/trainset.csv", "validation": "e2e/devset.csv", "test": "e2e/testset_w_refs.csv"},
-        reader=e2e.read_rows,
+        records=e2e.read_records,
+        to_rows=e2e.to_rows,
         has_slots=True,
         licence="CC BY-SA 4.0",
     ),
@@ -86,7 +98,8 @@ TASKS: dict[str, TaskSpec] = {
             "validation": "webnlg/dev",
             "test": "webnlg/test/rdf-to-text-generation-test-data-with-refs-en.xml",
         },
-        reader=webnlg.read_rows,
+        records=webnlg.read_records,
+        to_rows=webnlg.to_rows,
         # Triple objects (dates, quantities, camelCase literals) are rarely realised verbatim, so a
         # string-match SER would mostly measure paraphrase, not errors; slots are still provided.
         has_slots=False,
@@ -100,7 +113,8 @@ TASKS: dict[str, TaskSpec] = {
             "validation": "multiwoz/validation.jsonl",
             "test": "multiwoz/test.jsonl",
         },
-        reader=multiwoz.read_rows,
+        records=multiwoz.read_records,
+        to_rows=multiwoz.to_rows,
         has_slots=True,
         licence="MIT (MultiWOZ repository) / CC BY 4.0 (ConvLab-2)",
         missing={
@@ -150,21 +164,33 @@ def _check_split(split: str) -> str:
     return split
 
 
-def _read(task: str, split: str, data_dir: str | os.PathLike | None) -> list[Row]:
-    spec = TASKS[canonical_task(task)]
-    split = _check_split(split)
-    path = resolve_data_dir(data_dir) / spec.splits[split]
+def _split_path(spec: TaskSpec, split: str, data_dir: str | os.PathLike | None) -> Path:
+    """The staged file or folder of ``split``; MpcgenError (with the task's own hint) when it is absent."""
+    path = resolve_data_dir(data_dir) / spec.splits[_check_split(split)]
     if not path.exists():
         if split in spec.missing:
             raise MpcgenError(f"{spec.name}: " + spec.missing[split].format(path=path))
         raise MpcgenError(
             f"{spec.name} {split} split not found: {path} does not exist; check --data-dir or {DATA_DIR_ENV}"
         )
-    rows = spec.reader(path)
+    return path
+
+
+def _read(task: str, split: str, data_dir: str | os.PathLike | None) -> list[Row]:
+    spec = TASKS[canonical_task(task)]
+    path = _split_path(spec, split, data_dir)
+    rows = [row for where, record in spec.records(path) for row in spec.to_rows(record, where)]
     if not rows:
         raise MpcgenError(f"{path}: no examples found in the {spec.name} {split} split")
     logger.debug("read %d %s %s rows from %s", len(rows), spec.name, split, path)
     return rows
+
+
+def _group(rows: Iterable[Row]) -> list[GroupedExample]:
+    grouped: dict[str, tuple[list[str], tuple[tuple[str, str], ...]]] = {}
+    for source, target, slots in rows:
+        grouped.setdefault(source, ([], slots))[0].append(target)
+    return [GroupedExample(source, tuple(refs), slots) for source, (refs, slots) in grouped.items()]
 
 
 def load_examples(task: str, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
@@ -188,20 +214,71 @@ def load_grouped(task: str, split: str, data_dir: str | os.PathLike | None = Non
     BLEU expects. WebNLG has a few duplicate triple sets in separate entries (train 13211 entries -> 13123
     sources, validation 1667 -> 1665; test has none), whose references are merged too.
     """
-    grouped: dict[str, tuple[list[str], tuple[tuple[str, str], ...]]] = {}
-    for source, target, slots in _read(task, split, data_dir):
-        grouped.setdefault(source, ([], slots))[0].append(target)
-    return [GroupedExample(source, tuple(refs), slots) for source, (refs, slots) in grouped.items()]
+    return _group(_read(task, split, data_dir))
 
 
-def load_hub(task: str, split: str) -> list[Example]:
-    """Load a split from the Hugging Face Hub (needs ``datasets`` and network), linearised like the offline copy.
+def load_dataset_dict(task: str, data_dir: str | os.PathLike | None = None, *,
+                      splits: Sequence[str] | None = None) -> datasets.DatasetDict:
+    """The staged files as a ``datasets.DatasetDict`` with the Hub datasets' (flattened) column names.
 
-    The Hub names used, and how MultiWOZ there (2.2) differs from the staged 2.1, are in :mod:`mpcgen.data.hub`.
+    Args:
+        task: a name from :data:`TASKS` or :data:`ALIASES`.
+        data_dir: the staged data folder; see :func:`resolve_data_dir`.
+        splits: the splits to load; ``None``: every split whose file exists (MultiWOZ here: no ``train``).
+
+    Returns:
+        ``DatasetDict`` of raw records (one per file row / entry / system turn; text not normalised):
+        :func:`examples_from_dataset` converts a split exactly as :func:`load_examples` would.
     """
     from mpcgen.data import hub  # lazy: keeps `datasets` optional
 
-    return [Example(source, target) for source, target in hub.load_hub(canonical_task(task), _check_split(split))]
+    spec = TASKS[canonical_task(task)]
+    if splits is None:
+        root = resolve_data_dir(data_dir)
+        splits = [split for split in SPLITS if (root / spec.splits[split]).exists()]
+    paths = {split: _split_path(spec, split, data_dir) for split in splits}
+    return hub.dataset_dict(spec.name, {split: [record for _, record in spec.records(path)]
+                                        for split, path in paths.items()})
+
+
+def load_hub_dataset_dict(task: str, *, path: str | None = None, name: str | None = None,
+                          splits: Sequence[str] | None = None, **load_kwargs: Any) -> datasets.DatasetDict:
+    """``datasets.load_dataset`` of the task's Hub dataset (needs network), in the schema of :func:`load_dataset_dict`.
+
+    ``path``/``name``/``load_kwargs`` go to ``datasets.load_dataset`` instead, e.g. ``path="json",
+    data_files={"test": "test.jsonl"}`` for local files in the Hub's shape (nested, or flattened). The Hub's ``dev``
+    split is returned as ``validation``. Hub names, and how MultiWOZ there (2.2) differs from the staged 2.1:
+    :mod:`mpcgen.data.hub`.
+    """
+    from mpcgen.data import hub
+
+    return hub.load_dataset_dict(canonical_task(task), path=path, name=name,
+                                 splits=[_check_split(s) for s in splits] if splits is not None else None,
+                                 **load_kwargs)
+
+
+def examples_from_dataset(task: str, dataset: datasets.Dataset) -> list[Example]:
+    """One :class:`Example` per reference of a split from :func:`load_dataset_dict` or :func:`load_hub_dataset_dict`
+    (or any dataset in the Hub's shape), converted by the code behind :func:`load_examples`."""
+    from mpcgen.data import hub
+
+    return [Example(source, target) for source, target, _ in hub.dataset_rows(canonical_task(task), dataset)]
+
+
+def grouped_from_dataset(task: str, dataset: datasets.Dataset) -> list[GroupedExample]:
+    """:func:`load_grouped`'s view (one item per distinct source, all its references and slots) of a dataset."""
+    from mpcgen.data import hub
+
+    return _group(hub.dataset_rows(canonical_task(task), dataset))
+
+
+def load_hub(task: str, split: str, **load_kwargs: Any) -> list[Example]:
+    """Load a split from the Hugging Face Hub (needs ``datasets`` and network), linearised like the offline copy.
+
+    Shorthand for ``examples_from_dataset(task, load_hub_dataset_dict(task, splits=[split], ...)[split])``.
+    """
+    data = load_hub_dataset_dict(task, splits=[split], **load_kwargs)
+    return examples_from_dataset(task, data[split])
 
 
 __all__ = [
@@ -214,8 +291,12 @@ __all__ = [
     "GroupedExample",
     "TaskSpec",
     "canonical_task",
+    "examples_from_dataset",
+    "grouped_from_dataset",
+    "load_dataset_dict",
     "load_examples",
     "load_grouped",
     "load_hub",
+    "load_hub_dataset_dict",
     "resolve_data_dir",
 ]

@@ -8,18 +8,28 @@ Source linearisation: the MR string as given, whitespace-normalised, for example
 The MR is already compact and every attribute name is a readable word, so prompts stay in the dataset's own form.
 Slots: the MR's ``(attribute, value)`` pairs in order, e.g. ``("customer rating", "5 out of 5")``.
 Target: the reference text, whitespace-normalised.
+
+Records: :func:`read_records` gives each CSV row as the Hugging Face Hub's ``e2e_nlg`` row
+(:data:`HUB_COLUMNS`); :func:`to_rows` turns such a record, from this file or from the Hub, into a row.
 """
 
 from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from mpcgen.errors import MpcgenError
 
 Slots = tuple[tuple[str, str], ...]
 Row = tuple[str, str, Slots]
+# A record located for error messages: ("<file>: row 3 (line 4)", {column: value}).
+Located = tuple[str, dict[str, Any]]
+
+# The Hub's e2e_nlg columns: one row per reference, as in the CSV files ("mr", "ref").
+HUB_COLUMNS = ("meaning_representation", "human_reference")
 
 # attr[value]; attribute names may contain spaces ("customer rating"), values may not contain brackets.
 _PAIR = re.compile(r"\s*([^\[\],]+?)\s*\[([^\[\]]*)\]\s*(?:,|$)")
@@ -46,9 +56,22 @@ def parse_mr(mr: str) -> Slots:
     return tuple(pairs)
 
 
-def read_rows(path: Path) -> list[Row]:
-    """Read one E2E CSV file into ``(source, target, slots)`` rows, one per reference, in file order."""
-    rows: list[Row] = []
+def to_rows(record: Mapping[str, Any], where: str) -> list[Row]:
+    """A :data:`HUB_COLUMNS` record -> its one ``(source, target, slots)`` row; ``where`` prefixes errors."""
+    mr, ref = (record.get(name) for name in HUB_COLUMNS)
+    for name, value in zip(HUB_COLUMNS, (mr, ref)):
+        if not isinstance(value, str) or not value.strip():
+            raise MpcgenError(f"{where}: field {name!r} is missing or empty")
+    try:
+        slots = parse_mr(mr)
+    except ValueError as err:
+        raise MpcgenError(f"{where}: the meaning representation is not 'attribute[value], ...': {err}") from None
+    return [(normalise_ws(mr), normalise_ws(ref), slots)]
+
+
+def read_records(path: Path) -> list[Located]:
+    """Read one E2E CSV file into located :data:`HUB_COLUMNS` records, one per reference, in file order."""
+    records: list[Located] = []
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -60,16 +83,18 @@ def read_rows(path: Path) -> list[Row]:
                 )
             for row_number, record in enumerate(reader, start=1):
                 where = f"{path}: row {row_number} (line {reader.line_num})"
+                # The file's own column names in these messages: they point at what to fix in the CSV.
                 for field in ("mr", "ref"):
                     if record.get(field) is None or not record[field].strip():
                         raise MpcgenError(f"{where}: field '{field}' is missing or empty")
-                try:
-                    slots = parse_mr(record["mr"])
-                except ValueError as err:
-                    raise MpcgenError(f"{where}: field 'mr' is not an E2E meaning representation: {err}") from None
-                rows.append((normalise_ws(record["mr"]), normalise_ws(record["ref"]), slots))
+                records.append((where, dict(zip(HUB_COLUMNS, (record["mr"], record["ref"])))))
     except csv.Error as err:
         raise MpcgenError(f"{path}: line {reader.line_num}: malformed CSV: {err}") from None
     except UnicodeDecodeError as err:
         raise MpcgenError(f"{path}: not UTF-8 text ({err}); re-save the file as UTF-8") from None
-    return rows
+    return records
+
+
+def read_rows(path: Path) -> list[Row]:
+    """Read one E2E CSV file into ``(source, target, slots)`` rows, one per reference, in file order."""
+    return [row for where, record in read_records(path) for row in to_rows(record, where)]

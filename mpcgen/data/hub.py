@@ -1,80 +1,145 @@
-"""Load the same tasks from the Hugging Face Hub, for users who have network access and ``datasets``.
+"""The tasks as Hugging Face ``datasets``: staged files and Hub datasets in one schema, through one conversion.
 
-Not exercised by the test-suite (no Hub here); the offline loaders in :mod:`mpcgen.data` are the reference.
-Sources go through the same linearisation functions as the offline readers, so prompts match.
+Each task has one flat **Hub schema** (:func:`features`): the columns of its Hub dataset, flattened where the Hub
+nests them (``Dataset.flatten()`` names, e.g. ``lex.text``), restricted to what the staged copy holds. What is
+kept and how each staged file maps onto it is in the reader modules' docstrings (:mod:`mpcgen.data.e2e`,
+:mod:`mpcgen.data.webnlg`, :mod:`mpcgen.data.multiwoz`).
 
-Hub datasets used (name, config, split names):
+* :func:`dataset_dict` builds a ``DatasetDict`` from records read from the staged files (``read_records``).
+* :func:`load_dataset_dict` calls ``datasets.load_dataset(path, name, **kwargs)``: the task's Hub dataset by default,
+  or any builder (``"json"``, ``"parquet"`` with ``data_files=...``); :func:`to_schema` then flattens the result.
+* :func:`dataset_rows` turns any of these into ``(source, target, slots)`` rows with the reader modules' ``to_rows``,
+  the function the offline loaders use too, so a prompt is the same whichever way the data came.
 
-* ``e2e_nlg``: ``tuetschek/e2e_nlg`` (fields ``meaning_representation``, ``human_reference``); splits
-  train/validation/test.
-* ``web_nlg``: ``webnlg-challenge/web_nlg``, config ``release_v3.0_en``; splits train/dev/test (our
-  ``validation`` maps to ``dev``); fields ``modified_triple_sets.mtriple_set`` and ``lex.text``.
-* ``multiwoz_nlg``: ``pfb30/multi_woz_v22`` (MultiWOZ **2.2**, raw wording, not the ConvLab-tokenised 2.1 staged
-  here, so figures are not comparable with the offline copy); system turns with their ``dialogue_acts``.
+Hub datasets (path, config; the Hub's ``dev`` split is our ``validation``):
+
+* ``e2e_nlg``: ``tuetschek/e2e_nlg``: ``meaning_representation``, ``human_reference``; one row per reference.
+* ``web_nlg``: ``webnlg-challenge/web_nlg``, ``release_v3.0_en``: one row per entry; flattened.
+* ``multiwoz_nlg``: ``pfb30/multi_woz_v22``: MultiWOZ **2.2**, one row per dialogue with raw (untokenised) wording
+  and 2.2's act annotation, not the ConvLab-tokenised 2.1 staged here: figures are not comparable with the offline
+  copy. :func:`to_schema` keeps its system turns that have acts, one row each.
+
+The Hub itself is not reached by the test-suite (no network here); the same code runs on local JSON and parquet
+files in the Hub's shape (``tests/test_conventions.py``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from mpcgen.data.e2e import normalise_ws
-from mpcgen.data.multiwoz import linearise_acts
-from mpcgen.data.webnlg import linearise_triples
+from mpcgen.data import e2e, multiwoz, webnlg
+from mpcgen.data.e2e import Row
 from mpcgen.errors import MpcgenError
 
-# task -> (hub path, config, {our split: hub split})
-HUB_NAMES: dict[str, tuple[str, str | None, dict[str, str]]] = {
-    "e2e_nlg": ("tuetschek/e2e_nlg", None, {"train": "train", "validation": "validation", "test": "test"}),
-    "web_nlg": ("webnlg-challenge/web_nlg", "release_v3.0_en", {"train": "train", "validation": "dev", "test": "test"}),
-    "multiwoz_nlg": ("pfb30/multi_woz_v22", None, {"train": "train", "validation": "validation", "test": "test"}),
+if TYPE_CHECKING:  # an optional dependency: imported where used
+    import datasets
+
+# task -> (Hub path, config)
+HUB_NAMES: dict[str, tuple[str, str | None]] = {
+    "e2e_nlg": ("tuetschek/e2e_nlg", None),
+    "web_nlg": ("webnlg-challenge/web_nlg", "release_v3.0_en"),
+    "multiwoz_nlg": ("pfb30/multi_woz_v22", None),
 }
+# Hub split names that differ from ours.
+SPLIT_RENAMES = {"dev": "validation"}
 
 
-def _e2e(record: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(normalise_ws(record["meaning_representation"]), normalise_ws(record["human_reference"]))]
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise MpcgenError("this needs the 'datasets' package (pip install datasets); the plain loaders "
+                          "(mpcgen.data.load_examples) do not") from None
+    return datasets
 
 
-def _webnlg(record: dict[str, Any]) -> list[tuple[str, str]]:
-    triples = record["modified_triple_sets"]["mtriple_set"][0]
-    source, _ = linearise_triples(list(triples), where=f"web_nlg eid={record.get('eid')}")
-    return [(source, normalise_ws(text)) for text in record["lex"]["text"]]
+def features(task: str) -> datasets.Features:
+    """The flat Hub schema of ``task`` (a canonical name), columns in the reader module's ``HUB_COLUMNS`` order."""
+    ds = _datasets()
+    text = ds.Value("string")
+    texts = ds.List(text)
+    by_task: dict[str, dict[str, Any]] = {
+        "e2e_nlg": {name: text for name in e2e.HUB_COLUMNS},
+        "web_nlg": {"category": text, "size": ds.Value("int32"), "eid": text,
+                    "original_triple_sets.otriple_set": ds.List(texts), webnlg.MTRIPLES: ds.List(texts),
+                    "shape": text, "shape_type": text, "lex.comment": texts, "lex.lid": texts,
+                    webnlg.LEX_TEXT: texts, "lex.lang": texts},
+        "multiwoz_nlg": {"dialogue_id": text, "turn_id": text, "utterance": text, multiwoz.ACT_TYPE: texts,
+                         multiwoz.SLOT_NAME: ds.List(texts), multiwoz.SLOT_VALUE: ds.List(texts)},
+    }
+    return ds.Features(by_task[task])
 
 
-def _multiwoz(record: dict[str, Any]) -> list[tuple[str, str]]:
-    pairs = []
-    turns = record["turns"]
-    for speaker, utterance, acts in zip(turns["speaker"], turns["utterance"], turns["dialogue_acts"]):
-        if speaker != 1:  # 0 = user, 1 = system
+def _system_turns(dialogue: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """A ``multi_woz_v22`` dialogue -> its system turns with acts, as flat records."""
+    turns = dialogue["turns"]
+    for turn_id, speaker, utterance, acts in zip(turns["turn_id"], turns["speaker"], turns["utterance"],
+                                                  turns["dialogue_acts"]):
+        if speaker not in (1, "SYSTEM"):  # a ClassLabel on the Hub: 0 = USER, 1 = SYSTEM
             continue
         dialog_act = acts["dialog_act"]
-        flat: list[tuple[str, str, str]] = []
-        for intent, act_slots in zip(dialog_act["act_type"], dialog_act["act_slots"]):
-            for slot, value in zip(act_slots["slot_name"], act_slots["slot_value"]):
-                flat.append((intent, slot, value))
-        if flat:  # turns without acts are dropped, as in the offline copy
-            pairs.append((linearise_acts(flat)[0], normalise_ws(utterance)))
-    return pairs
+        names = [list(slots["slot_name"]) for slots in dialog_act["act_slots"]]
+        if not any(names):  # as the staged copy was made: turns without acts are dropped
+            continue
+        yield {"dialogue_id": dialogue["dialogue_id"], "turn_id": str(turn_id), "utterance": utterance,
+               multiwoz.ACT_TYPE: list(dialog_act["act_type"]), multiwoz.SLOT_NAME: names,
+               multiwoz.SLOT_VALUE: [list(slots["slot_value"]) for slots in dialog_act["act_slots"]]}
 
 
-_CONVERTERS = {"e2e_nlg": _e2e, "web_nlg": _webnlg, "multiwoz_nlg": _multiwoz}
+def to_schema(task: str, dataset: datasets.Dataset) -> datasets.Dataset:
+    """Bring a dataset in the Hub's own shape (nested) or already flat to the flat schema of ``task``."""
+    ds = _datasets()
+    schema = features(task)
+    if dataset.features == schema:
+        return dataset
+    if task == "web_nlg" and "lex" in dataset.column_names:
+        dataset = dataset.flatten()
+    if task == "multiwoz_nlg" and "turns" in dataset.column_names:
+        dataset = ds.Dataset.from_list([turn for dialogue in dataset for turn in _system_turns(dialogue)],
+                                       features=schema)
+    missing = [name for name in schema if name not in dataset.column_names]
+    if missing:
+        raise MpcgenError(f"{task}: the dataset lacks column(s) {missing} (it has {dataset.column_names}); "
+                          f"expected the Hub's columns {list(schema)} (nested or flattened)")
+    return dataset.select_columns(list(schema)).cast(schema)
 
 
-def load_hub(task: str, split: str) -> list[tuple[str, str]]:
-    """Download/load ``task``'s ``split`` with ``datasets.load_dataset``; ``(source, target)`` pairs in Hub order.
+def dataset_dict(task: str, records: Mapping[str, Sequence[Mapping[str, Any]]]) -> datasets.DatasetDict:
+    """``{split: records}`` (flat Hub-schema dicts, e.g. from a reader's ``read_records``) -> a ``DatasetDict``."""
+    ds = _datasets()
+    schema = features(task)
+    return ds.DatasetDict({split: ds.Dataset.from_list(list(rows), features=schema) for split, rows in records.items()})
 
-    ``task`` must already be canonical and ``split`` validated (see :func:`mpcgen.data.load_hub`).
+
+def load_dataset_dict(task: str, *, path: str | None = None, name: str | None = None,
+                      splits: Sequence[str] | None = None, **load_kwargs: Any) -> datasets.DatasetDict:
+    """``datasets.load_dataset(path, name, **load_kwargs)`` (the task's Hub dataset by default) in the flat schema.
+
+    Split ``dev`` becomes ``validation``; ``splits`` keeps only those. ``task`` must be canonical.
     """
+    ds = _datasets()
+    if "split" in load_kwargs:
+        raise MpcgenError("pass splits=[...] (our split names), not split=...")
+    if path is None:
+        path, default_name = HUB_NAMES[task]
+        name = name or default_name
     try:
-        import datasets  # lazy: an optional dependency
-    except ImportError:
-        raise MpcgenError(
-            "loading from the Hugging Face Hub needs the 'datasets' package (pip install datasets); "
-            "or use the offline copies with --data-dir"
-        ) from None
-    path, config, split_names = HUB_NAMES[task]
-    try:
-        dataset = datasets.load_dataset(path, config, split=split_names[split])
-    except Exception as err:  # network, auth or a renamed dataset: all user-fixable
-        raise MpcgenError(f"could not load {path} ({config or 'default'}) split {split_names[split]!r}: {err}") from err
-    convert = _CONVERTERS[task]
-    return [pair for record in dataset for pair in convert(record)]
+        loaded = ds.load_dataset(path, name, **load_kwargs)
+    except Exception as err:  # network, auth, a renamed dataset or bad data_files: all user-fixable
+        raise MpcgenError(f"could not load {path} ({name or 'default'}) for {task}: {err}") from err
+    renamed = {SPLIT_RENAMES.get(split, split): data for split, data in loaded.items()}
+    wanted = list(splits) if splits is not None else list(renamed)
+    absent = [split for split in wanted if split not in renamed]
+    if absent:
+        raise MpcgenError(f"{path} has no split(s) {absent}; it has {sorted(renamed)}")
+    return ds.DatasetDict({split: to_schema(task, renamed[split]) for split in wanted})
+
+
+def dataset_rows(task: str, dataset: datasets.Dataset) -> list[Row]:
+    """``(source, target, slots)`` rows of a dataset in the Hub's shape, nested or flat, in row order."""
+    from mpcgen.data import TASKS  # the registry holds each task's to_rows
+
+    convert = TASKS[task].to_rows
+    return [row for index, record in enumerate(to_schema(task, dataset))
+            for row in convert(record, f"{task} row {index}")]

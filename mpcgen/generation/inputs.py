@@ -15,7 +15,7 @@ from torch import nn
 from mpcgen.errors import MpcgenError
 from mpcgen.generation.loop import check_fits
 from mpcgen.models.loading import load_tokenizer
-from mpcgen.tokenization import encode_prompt
+from mpcgen.tokenization import check_text, encode_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def encode_prompts(prompts: Sequence[Prompt], tokenizer: Any, config: Any, max_n
                 raise MpcgenError("text prompts need a tokenizer: pass tokenizer= (or a model folder that has one)")
             if not prompt.strip():
                 raise MpcgenError(f"prompt {i} is empty: give a non-empty source text")
+            check_text(prompt, f"prompt {i}")
             ids = encode_prompt(tokenizer, prompt, is_encoder_decoder=config.arch == "encoder-decoder")
             check_encodable(tokenizer, prompt, ids, i)
         else:
@@ -72,16 +73,30 @@ def encode_prompts(prompts: Sequence[Prompt], tokenizer: Any, config: Any, max_n
 
 
 def check_encodable(tokenizer: Any, text: str, ids: list[int], index: int) -> None:
-    """Refuse text the tokenizer maps to its unknown token (byte-level BPE never does; word-piece ones can)."""
+    """Refuse text the tokenizer maps to its unknown token, naming the prompt and the text at fault.
+
+    Policy: byte-level BPE (mpcgen's tokenizers, GPT-2's) encodes every valid character, so this never fires for
+    them; word-level and word-piece tokenizers (or SentencePiece ones such as T5's) can map a character or word to
+    their unknown token, which would silently change the prompt.
+    """
     unk_id, unk = getattr(tokenizer, "unk_token_id", None), getattr(tokenizer, "unk_token", None)
     if unk_id is None or unk_id not in ids or (unk and unk in text):
         return
-    # Find the characters responsible, for the message: those that encode to the unknown token on their own.
-    bad = sorted({ch for ch in text if not ch.isspace()
-                  and unk_id in tokenizer.encode(ch, add_special_tokens=False)})
-    shown = "".join(bad[:10]) or "?"
-    raise MpcgenError(f"prompt {index} has characters the tokenizer cannot encode ({shown!r}): remove or replace "
-                      "them")
+    bad = sorted(set(_unknown_pieces(tokenizer, text, unk_id)))
+    shown = ", ".join(repr(piece) for piece in bad[:10]) or "?"
+    excerpt = text if len(text) <= 40 else text[:37] + "..."
+    raise MpcgenError(f"prompt {index} ({excerpt!r}) has characters the tokenizer cannot encode ({shown}): remove "
+                      "or replace them")
+
+
+def _unknown_pieces(tokenizer: Any, text: str, unk_id: int) -> list[str]:
+    """The pieces of ``text`` that became the unknown token: from the token offsets where the tokenizer has them
+    (fast tokenizers), else the characters that encode to it on their own."""
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [text[a:b] for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if t == unk_id and b > a]
+    except (NotImplementedError, ValueError, TypeError, KeyError):  # slow tokenizers have no offsets
+        return [ch for ch in text if not ch.isspace() and unk_id in tokenizer.encode(ch, add_special_tokens=False)]
 
 
 def encode_client_text(tokenizer: Any, text: str, model: nn.Module | None) -> list[int]:
@@ -92,6 +107,7 @@ def encode_client_text(tokenizer: Any, text: str, model: nn.Module | None) -> li
     """
     if not text.strip():
         raise MpcgenError("a prompt is empty: give a non-empty source text")
+    check_text(text, "a prompt")
     is_encoder_decoder = (model.config.arch == "encoder-decoder") if model is not None else \
         getattr(tokenizer, "sep_token_id", None) is None
     ids = encode_prompt(tokenizer, text, is_encoder_decoder=is_encoder_decoder)

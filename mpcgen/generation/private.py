@@ -9,11 +9,12 @@ Who learns what (DESIGN section 1), and where the code enforces it:
   decoding (the server learns lengths, as the threat model allows), then secret-shares one-hot rows of each prompt.
   :func:`generation_party` refuses prompts on any rank but the client; the local launcher sends them to the
   client's process only.
-* Every reveal is ``get_plain_text(dst=CLIENT)`` (:class:`MpcHooks`): under ``tokens`` decoding the token ids,
-  under ``er`` the logits of the generated positions (the LM head runs once on the stacked states and the client
-  takes the argmax), under ``client`` each step's logits of the newest position (the client picks the token, in
-  plaintext, with greedy or seeded sampling settings the server never sees, and secret-shares its one-hot). The
-  server's results hold its own cost counters and nothing else.
+* Every reveal is :func:`mpcgen.mpc.encrypt.reveal` to ``CLIENT`` (:class:`MpcHooks`; CrypTen's ``get_plain_text``
+  with an exact decoder): under ``tokens`` decoding the token ids, under ``er`` the logits of the generated
+  positions (the LM head runs once on the stacked states and the client takes the argmax), under ``client`` each
+  step's logits of the newest position (the client picks the token, in plaintext, with greedy or seeded sampling
+  settings the server never sees, and secret-shares its one-hot). The server's results hold its own cost counters
+  and nothing else.
 * The loop always runs ``max_new_tokens`` steps (:mod:`mpcgen.generation.loop`), so the output length stays with
   the client.
 
@@ -99,7 +100,9 @@ class MpcHooks(Hooks):
         return encrypt_input(x if self.rank == CLIENT else None, shape, src=CLIENT)
 
     def reveal(self, x: Any) -> torch.Tensor | None:
-        plain = x.get_plain_text(dst=CLIENT)  # the server receives nothing (it only sends its share)
+        from mpcgen.mpc.encrypt import reveal
+
+        plain = reveal(x, dst=CLIENT)  # the server receives nothing (it only sends its share)
         return plain if self.rank == CLIENT else None
 
     def mark(self, label: str) -> None:
@@ -174,27 +177,98 @@ def generation_party(
                     progress=progress)
 
 
+# What a client's plan holds, and bounds the server puts on it: a plan is the server's whole workload, so one that is
+# malformed or unbounded must end the session with a reason, not a traceback or a run without end.
+PLAN_KEYS = ("decoding", "max_new_tokens", "shapes")
+MAX_BATCHES = 4096
+MAX_BATCH_SIZE = 1024
+
+
+def check_plan(plan: Any, config: Any) -> dict[str, Any]:
+    """A client's announced plan, checked against the server's model: ``{"shapes": [(size, length), ...],
+    "max_new_tokens": int, "decoding": str}`` with 1 <= len(shapes) <= :data:`MAX_BATCHES`, 1 <= size <=
+    :data:`MAX_BATCH_SIZE`, length >= 1, every prompt + ``max_new_tokens`` within the model's positions and a
+    decoding the model can run. Returns it normalised (lists of int pairs); raises :class:`MpcgenError` naming the
+    field and its value."""
+    from mpcgen.generation.loop import DECODINGS, check_fits
+
+    if not isinstance(plan, dict):
+        raise MpcgenError(f"the plan must be a dict, got {type(plan).__name__}")
+    unknown, missing = sorted(set(plan) - set(PLAN_KEYS), key=repr), sorted(set(PLAN_KEYS) - set(plan))
+    if unknown or missing:
+        raise MpcgenError(f"the plan must hold exactly the keys {list(PLAN_KEYS)}: unknown {unknown}, missing "
+                          f"{missing}")
+    steps = _plan_int("max_new_tokens", plan["max_new_tokens"], 1, config.n_positions)
+    decoding = plan["decoding"]
+    if not isinstance(decoding, str):
+        raise MpcgenError(f"decoding={decoding!r} must be a string, one of {list(DECODINGS)}")
+    check_decoding(decoding, config)
+    shapes = plan["shapes"]
+    if not isinstance(shapes, (list, tuple)) or not 1 <= len(shapes) <= MAX_BATCHES:
+        what = f"{len(shapes)} batches" if isinstance(shapes, (list, tuple)) else type(shapes).__name__
+        raise MpcgenError(f"shapes must be a list of 1 to {MAX_BATCHES} (batch size, prompt length) pairs, got {what}")
+    out = []
+    for b, shape in enumerate(shapes):
+        if not isinstance(shape, (list, tuple)) or len(shape) != 2:
+            raise MpcgenError(f"shapes[{b}]={shape!r} must be a (batch size, prompt length) pair")
+        size = _plan_int(f"shapes[{b}] batch size", shape[0], 1, MAX_BATCH_SIZE)
+        length = _plan_int(f"shapes[{b}] prompt length", shape[1], 1, None)
+        try:
+            check_fits(config, length, steps)
+        except MpcgenError as err:
+            raise MpcgenError(f"shapes[{b}]: {err}") from None
+        out.append((size, length))
+    return {"shapes": out, "max_new_tokens": steps, "decoding": decoding}
+
+
+def _plan_int(name: str, value: Any, low: int, high: int | None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise MpcgenError(f"{name}={value!r} must be an integer {bound}")
+    return value
+
+
+def _client_plan(config: Any, prompts: Sequence[Sequence[int]] | None, *, max_new_tokens: int,
+                 decoding: str | None, batch_size: int) -> tuple[dict[str, Any], list[list[int]], list[list[int]]]:
+    """The client's ``(plan, batches, ids)``, checked as the server will check it (so a client fails with its own
+    message first)."""
+    chosen = decoding or default_decoding(config)
+    check_decoding(chosen, config)
+    ids = encode_prompts(prompts or [], None, config, max_new_tokens)
+    batches = plan_batches([len(p) for p in ids], batch_size)
+    plan = {"shapes": [(len(b), len(ids[b[0]])) for b in batches], "max_new_tokens": max_new_tokens,
+            "decoding": chosen}
+    return check_plan(plan, config), batches, ids
+
+
 def _announce(rank: int, comm: Any, config: Any, prompts: Sequence[Sequence[int]] | None, *, max_new_tokens: int,
               decoding: str | None, batch_size: int) -> tuple[dict[str, Any], list[list[int]], list[list[int]]]:
     """The client checks its prompts against the announced config and announces batch shapes and settings, or why
-    it stops (so that the server ends with the client's message rather than with a lost connection)."""
-    plan: dict[str, Any] | None = None
+    it stops; the server checks the plan (:func:`check_plan`) and answers with an acceptance or its reason to
+    refuse. Either way both parties end with the same message rather than with a lost connection."""
+    plan: Any = None
     batches: list[list[int]] = []
     ids: list[list[int]] = []
     if rank == CLIENT:
         try:
-            chosen = decoding or default_decoding(config)
-            check_decoding(chosen, config)
-            ids = encode_prompts(prompts or [], None, config, max_new_tokens)
-            batches = plan_batches([len(p) for p in ids], batch_size)
-            plan = {"shapes": [(len(b), len(ids[b[0]])) for b in batches], "max_new_tokens": max_new_tokens,
-                    "decoding": chosen}
+            plan, batches, ids = _client_plan(config, prompts, max_new_tokens=max_new_tokens, decoding=decoding,
+                                              batch_size=batch_size)
         except MpcgenError as err:
             plan = {"error": str(err)}
     plan = comm.broadcast_obj(plan, CLIENT)
-    if "error" in plan:
+    if isinstance(plan, dict) and set(plan) == {"error"} and isinstance(plan["error"], str):
         raise MpcgenError(plan["error"] if rank == CLIENT else f"the client stopped before generating: {plan['error']}")
-    check_decoding(plan["decoding"], config)  # the server checks the client's choice against its model too
+    reply: Any = None
+    if rank == SERVER:
+        try:
+            plan, reply = check_plan(plan, config), {"accepted": True}
+        except MpcgenError as err:
+            reply = {"accepted": False, "reason": str(err)}
+    reply = comm.broadcast_obj(reply, SERVER)  # one message more: the client learns why, not a lost connection
+    if not isinstance(reply, dict) or reply.get("accepted") is not True:
+        reason = reply.get("reason") if isinstance(reply, dict) else f"a malformed reply {reply!r}"
+        raise MpcgenError(f"the server refused the client's generation plan: {reason}" if rank == CLIENT
+                          else f"refused the client's generation plan: {reason}")
     return plan, batches, ids
 
 
@@ -321,6 +395,7 @@ def generate_private(
     rendezvous: str | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    tls: Any = None,
 ) -> list[PrivateGeneration]:
     """Generate text for each prompt with two-party secure computation, parties as local processes (loopback).
 
@@ -346,6 +421,9 @@ def generate_private(
         rendezvous: ``tcp://127.0.0.1:PORT`` to meet on a TCP port (default: a file in a temporary folder).
         batch_size: most prompts per batch; prompts of equal length share a batch (see the module docstring).
         progress: show a progress bar per generated token (stderr).
+        tls: TLS 1.3 links between the local parties too: a folder from ``python -m mpcgen.certs init`` (default:
+            plaintext loopback links, which never leave this host). Across hosts, each party joins with
+            ``python -m mpcgen.cli.party ... --tls-cert/--tls-key/--tls-ca``.
 
     Returns:
         One :class:`PrivateGeneration` per prompt, in order.
@@ -380,7 +458,7 @@ def generate_private(
                            fixed_weights=fixed_weights, batch_size=batch_size, progress=progress)
     client_args = (bare if weights == "public" else None, ids, chooser)
     results = run_parties(fn, provider=provider, timeout=timeout, rendezvous=rendezvous,
-                          party_args={SERVER: (bare,), CLIENT: client_args})
+                          party_args={SERVER: (bare,), CLIENT: client_args}, tls=tls)
     client = results[CLIENT]
     return results_for(prompts, ids, client.tokens, client.stats, tok, eos_id(tok, model.config))
 

@@ -1,13 +1,17 @@
 """Offline quality metrics for data-to-text generation: BLEU, NIST, ROUGE-L, chrF++ and slot error rate.
 
 Everything runs locally from pinned packages (sacrebleu, nltk, rouge-score); nothing is downloaded and
-``evaluate.load`` is never used. Every metric is multi-reference and accepts a different number of references per
-item. Scales: ``bleu``, ``bleu_e2e``, ``rouge_l`` and ``ser`` are fractions (0-1); ``chrf`` is 0-100 as sacrebleu
+``evaluate.load`` is never used here. Every metric is multi-reference and accepts a different number of references
+per item. Scales: ``bleu``, ``bleu_e2e``, ``rouge_l`` and ``ser`` are fractions (0-1); ``chrf`` is 0-100 as sacrebleu
 reports it; ``nist`` and ``nist_e2e`` are unbounded (typically 0-10).
 
 ``bleu_e2e`` and ``nist_e2e`` (:mod:`mpcgen.metrics.e2e`) follow the E2E NLG Challenge's official script
 (mteval-v13a: lower-cased, multi-reference NIST): quote those when comparing with published E2E tables. ``bleu`` and
 ``nist`` are the project's earlier case-sensitive figures (sacrebleu; nltk's single-best-reference NIST).
+
+For ``evaluate`` users, SER and the E2E BLEU/NIST are also ``evaluate`` modules in local folders
+(:func:`evaluate_module_path`): ``evaluate.load(evaluate_module_path("ser"), config_name="e2e")``; they call the
+functions here.
 
 Example::
 
@@ -22,12 +26,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 from mpcgen.errors import MpcgenError
 from mpcgen.metrics.e2e import bleu_e2e, nist_e2e, tokenize_mteval
 from mpcgen.metrics.ser import SlotErrors, ser_details, slot_error_rate
 
 logger = logging.getLogger(__name__)
+
+# evaluate_modules/<name>/<name>.py: the layout evaluate.load(<folder>) expects; no __init__.py (not our modules).
+EVALUATE_MODULES_DIR = Path(__file__).resolve().parent / "evaluate_modules"
+
+
+def evaluate_module_path(name: str) -> str:
+    """The folder of the ``evaluate`` module ``name`` (``"ser"``, ``"e2e_bleu_nist"``), for ``evaluate.load``."""
+    available = sorted(p.name for p in EVALUATE_MODULES_DIR.iterdir() if (p / f"{p.name}.py").is_file())
+    if name not in available:
+        raise MpcgenError(f"unknown evaluate module {name!r}; choose one of {available}")
+    return str(EVALUATE_MODULES_DIR / name)
 
 
 def _check(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[list[str]]:
@@ -173,6 +189,7 @@ __all__ = [
     "bleu_e2e",
     "chrf",
     "corpus_scores",
+    "evaluate_module_path",
     "nist",
     "nist_e2e",
     "rouge_l",

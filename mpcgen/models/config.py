@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,19 @@ PRESETS: dict[str, dict[str, Any]] = {
                       "merge_linear": True, "embedding_resend": False},
 }
 CUSTOM = "custom"  # the preset recorded once a knob was changed by hand
+
+# The layout of a saved student folder (config.json + model.safetensors), stored in config.json under FORMAT_KEY.
+# Bump it when a folder written by this version would be misread by an older one (or the reverse). Folders saved
+# before the field existed have no key and are format 1: that is the layout they were written in.
+FORMAT_KEY = "mpcgen_format"
+FORMAT_VERSION = 1
+
+# What each annotation of ModelConfig admits (JSON-decoded values); a new annotation needs an entry here.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "bool": (bool,), "int": (int,), "int | None": (int, type(None)), "float": (int, float), "str": (str,),
+    "list[str] | None": (list, type(None)), "dict[str, Any]": (dict,),
+}
+_TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id")
 
 
 @dataclass
@@ -95,6 +109,7 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. the teacher's name); not used
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.arch not in ARCHS:
             raise MpcgenError(f"arch={self.arch!r} is not supported; choose one of {sorted(ARCHS)}")
         if self.family not in FAMILIES:
@@ -129,8 +144,10 @@ class ModelConfig:
             raise MpcgenError("merged=True needs merge_linear=True (presets 'merge', 'merge-mm-only')")
         if self.preset not in PRESETS and self.preset != CUSTOM:
             raise MpcgenError(f"preset={self.preset!r} is not supported; choose one of {sorted(PRESETS)}")
-        if not isinstance(self.extra, dict):
-            raise MpcgenError(f"extra must be a dict, got {type(self.extra).__name__}")
+        for name in _TOKEN_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise MpcgenError(f"{name}={value} is outside the vocabulary [0, {self.vocab_size})")
 
     # ---------------------------------------------------------------------------------------------- derived
 
@@ -173,25 +190,57 @@ class ModelConfig:
 
     def save_pretrained(self, directory: str) -> None:
         """Write ``config.json`` into ``directory`` (the Hugging Face config API, used by resume states)."""
-        import json
         from pathlib import Path
 
-        (Path(directory) / "config.json").write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        from mpcgen.io import write_json
+
+        write_json(Path(directory) / "config.json", self.to_file_dict())
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""
         return dataclasses.asdict(self)
 
+    def to_file_dict(self) -> dict[str, Any]:
+        """What ``config.json`` of a saved folder holds: every field and the folder format (:data:`FORMAT_KEY`)."""
+        return {**self.to_dict(), FORMAT_KEY: FORMAT_VERSION}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Build from :meth:`to_dict` output; unknown keys are refused (a typo must not pass silently)."""
+        """Build from :meth:`to_dict` (or :meth:`to_file_dict`) output.
+
+        Refuses another folder format (checked first: a newer format may have other keys), unknown keys (a typo
+        must not pass silently) and values of the wrong type.
+        """
         if not isinstance(data, dict):
             raise MpcgenError(f"a model config must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        check_format(data.pop(FORMAT_KEY, FORMAT_VERSION))
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
-            raise MpcgenError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+            hints = {k: m[0] for k in unknown if (m := difflib.get_close_matches(k, known, n=1, cutoff=0.8))}
+            hint = "; did you mean " + ", ".join(f"{m!r} (not {k!r})" for k, m in hints.items()) + "?" if hints \
+                else f"; known keys: {sorted(known)}"
+            raise MpcgenError(f"unknown model config keys {unknown}{hint}")
         return cls(**data)
+
+
+def check_format(version: Any) -> None:
+    """Refuse a saved folder of another format than :data:`FORMAT_VERSION` (see :data:`FORMAT_KEY`)."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise MpcgenError(f"{FORMAT_KEY}={version!r} must be a format number >= 1")
+    if version != FORMAT_VERSION:
+        fix = "upgrade mpcgen to load it" if version > FORMAT_VERSION else "load it with the mpcgen version that " \
+            "wrote it and save it again with this one"
+        raise MpcgenError(f"written by mpcgen format {version}, this is {FORMAT_VERSION}: {fix}")
+
+
+def _check_types(config: ModelConfig) -> None:
+    """Refuse a field whose value is not of its annotated type (bool is no int here: JSON true is not 1)."""
+    for f in dataclasses.fields(config):
+        allowed, value = _FIELD_TYPES[f.type], getattr(config, f.name)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise MpcgenError(f"{f.name}={value!r} must be of type {f.type}, not {type(value).__name__}")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

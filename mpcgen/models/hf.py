@@ -74,19 +74,20 @@ def importer(family: str) -> tuple[Callable[[nn.Module], ModelConfig], Callable[
 def _load_dir(path: Path) -> tuple[Any, Any]:
     import transformers
 
+    from mpcgen.models.loading import load_hf_model, read_tokenizer
+
     if not (path / "config.json").is_file():
         raise MpcgenError(f"{path} holds no config.json; pass a Hugging Face checkpoint folder")
-    hf_config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-    cls_name = _MODEL_TYPES.get(hf_config.model_type)
-    if cls_name is None:
-        raise MpcgenError(f"cannot import model_type={hf_config.model_type!r} from {path}; "
-                          f"supported: {sorted(_MODEL_TYPES)}")
-    model = getattr(transformers, cls_name).from_pretrained(path, local_files_only=True)
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None  # a weights-only folder is fine
-    return model, tokenizer
+
+    def pick(hf_config: Any) -> Any:
+        cls_name = _MODEL_TYPES.get(hf_config.model_type)
+        if cls_name is None:
+            raise MpcgenError(f"cannot import model_type={hf_config.model_type!r} from {path}; "
+                              f"supported: {sorted(_MODEL_TYPES)}")
+        return getattr(transformers, cls_name)
+
+    model, _ = load_hf_model(path, pick)
+    return model, read_tokenizer(path, required=False)  # a weights-only folder is fine; damaged files are not
 
 
 def _load_mapped(student: nn.Module, mapped: Mapped, *, strict: bool) -> None:

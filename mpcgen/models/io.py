@@ -1,11 +1,13 @@
 """Save and load students the Hugging Face way: ``config.json`` (our config, preset included) + ``model.safetensors``.
 
-Loading refuses unknown config keys, unknown or missing tensors and wrong shapes with an :class:`MpcgenError`.
+Loading refuses another folder format, unknown config keys, values of the wrong type, damaged files, unknown or
+missing tensors and wrong shapes with an :class:`MpcgenError` naming the file. ``config.json`` records the folder
+format (:data:`~mpcgen.models.config.FORMAT_KEY`); a folder without it was written before the field existed, in
+format 1, and loads as such.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from mpcgen.errors import MpcgenError
+from mpcgen.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -24,43 +27,58 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer: Any = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ the tokenizer passed or attached as ``model.tokenizer``)."""
+    """Write ``config.json`` (with the folder format, :data:`~mpcgen.models.config.FORMAT_KEY`) +
+    ``model.safetensors`` (+ the tokenizer passed or attached as ``model.tokenizer``)."""
     from safetensors.torch import save_file
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     # Tied tables appear once (the LM head holds no copy); contiguous copies because slices of imports may not be.
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
-        with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
-            json.dump(model.config.to_dict(), f, indent=2, sort_keys=True)
-        for name in (WEIGHTS_NAME, CONFIG_NAME):  # a reader never sees half a checkpoint
-            os.replace(os.path.join(tmp, name), out / name)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        # Everything is written into the temp folder first, so a failing serialiser leaves the folder as it was.
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
+        write_json(os.path.join(tmp, CONFIG_NAME), model.config.to_file_dict())
+        # config.json last: a reader that finds it finds the weights (and tokenizer) that go with it.
+        names = sorted(set(os.listdir(tmp)) - {WEIGHTS_NAME, CONFIG_NAME}) + [WEIGHTS_NAME, CONFIG_NAME]
+        for name in names:
+            os.replace(os.path.join(tmp, name), out / name)
     logger.info("saved %s (preset %s) to %s", type(model).__name__, model.config.preset, out)
     return out
 
 
 def from_pretrained(directory: str | os.PathLike) -> nn.Module:
-    """Load a student written by :func:`save_pretrained` (eval mode); a tokenizer there is attached."""
+    """Load a student written by :func:`save_pretrained` (eval mode); a tokenizer there is attached.
+
+    Raises:
+        MpcgenError: a missing, damaged or truncated file, a config of another folder format, with unknown keys or
+            values of the wrong type, tensors that do not fit the config; the message names the file.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from mpcgen.models import build_model
     from mpcgen.models.config import ModelConfig
+    from mpcgen.models.loading import read_json_object, read_tokenizer
 
     path = Path(directory)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (path / name).is_file():
             raise MpcgenError(f"{path} is not a student checkpoint: {name} is missing")
+    data = read_json_object(path / CONFIG_NAME)
     try:
-        data = json.loads((path / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as e:
-        raise MpcgenError(f"{path / CONFIG_NAME} is not valid JSON: {e}") from None
-    model = build_model(ModelConfig.from_dict(data))
-    tensors = load_file(str(path / WEIGHTS_NAME))
+        config = ModelConfig.from_dict(data)
+    except MpcgenError as err:
+        raise MpcgenError(f"{path / CONFIG_NAME}: {err}") from None
+    model = build_model(config)
+    try:
+        tensors = load_file(str(path / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as err:
+        raise MpcgenError(f"{path / WEIGHTS_NAME} is damaged or truncated ({err}): copy or save the checkpoint "
+                          "again") from None
     own = model.state_dict()
     unknown, missing = sorted(set(tensors) - set(own)), sorted(set(own) - set(tensors))
     if unknown or missing:
@@ -71,10 +89,9 @@ def from_pretrained(directory: str | os.PathLike) -> nn.Module:
             raise MpcgenError(f"{path / WEIGHTS_NAME}: {key} has shape {tuple(value.shape)}, the config needs "
                               f"{tuple(own[key].shape)}")
     model.load_state_dict(tensors, strict=True)
-    if (path / "tokenizer_config.json").is_file():
-        import transformers
-
-        model.tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    tokenizer = read_tokenizer(path, required=False)
+    if tokenizer is not None:
+        model.tokenizer = tokenizer
     return model.eval()
 
 

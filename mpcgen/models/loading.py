@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -31,12 +31,27 @@ HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch
 TRAINING_ARGS_FILE = "training_args.json"
 
 
-def _read_config(path: Path) -> dict[str, Any] | None:
+# Files a saved tokenizer may consist of: a folder holding any of them has a tokenizer, which must then load.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "spiece.model", "sentencepiece.bpe.model", "added_tokens.json")
+
+
+def read_json_object(file: Path) -> dict[str, Any]:
+    """The JSON object in ``file``; :class:`MpcgenError` naming the file if it is unreadable, not JSON or no object."""
     try:
-        data = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+        data = json.loads(Path(file).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise MpcgenError(f"{file}: cannot read it ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MpcgenError(f"{file} is not valid JSON ({err}): the file is damaged or truncated") from None
+    if not isinstance(data, dict):
+        raise MpcgenError(f"{file} must hold a JSON object, not a {type(data).__name__}")
+    return data
+
+
+def _read_config(path: Path) -> dict[str, Any] | None:
+    # A missing config.json is "neither kind" (said by the caller); a damaged one is named as such.
+    return read_json_object(path / "config.json") if (path / "config.json").is_file() else None
 
 
 def model_kind(directory: str | os.PathLike) -> str:
@@ -117,16 +132,109 @@ def _check_student_args(path: Path, preset: str) -> None:
 
 def load_tokenizer(directory: str | os.PathLike) -> Any:
     """The tokenizer saved in ``directory`` (a model folder or a tokenizer-only folder)."""
-    import transformers
-
     path = Path(directory)
     if not path.is_dir():
         raise MpcgenError(f"tokenizer folder {path} does not exist")
+    return read_tokenizer(path, required=True)
+
+
+def read_tokenizer(path: Path, *, required: bool) -> Any:
+    """The tokenizer saved in folder ``path``; None if it holds no tokenizer files and not ``required``.
+
+    A folder with tokenizer files that do not load is an error either way (a damaged tokenizer must not pass for
+    a weights-only folder). Each JSON file is parsed first, and ``tokenizer.json`` read by ``tokenizers`` itself,
+    so the message names the file at fault.
+    """
+    import tokenizers
+    import transformers
+
+    present = [name for name in TOKENIZER_FILES if (path / name).is_file()]
+    if not present:
+        if required:
+            raise MpcgenError(f"{path} holds no tokenizer ({', '.join(TOKENIZER_FILES[:2])}): pass the folder the "
+                              "model was saved with")
+        return None
+    for name in present:
+        if name.endswith(".json"):
+            read_json_object(path / name)
+    # The Rust tokenizers library reports a wrong structure as a bare Exception: it is caught, not a bug of ours.
+    if "tokenizer.json" in present:
+        try:
+            tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as err:  # noqa: BLE001 - see above
+            raise MpcgenError(f"{path / 'tokenizer.json'} is not a valid tokenizer ({_first_line(err)})") from None
     try:
         return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, TypeError) as err:
-        raise MpcgenError(f"no tokenizer could be loaded from {path} ({str(err).splitlines()[0]}): pass the folder "
-                          "the model was saved with") from None
+    except Exception as err:  # noqa: BLE001 - transformers passes the tokenizers library's errors on
+        raise MpcgenError(f"{path}: the tokenizer files ({', '.join(present)}) do not load "
+                          f"({type(err).__name__}: {_first_line(err)})") from None
 
 
-__all__ = ["KINDS", "ModelLike", "load_model", "load_tokenizer", "model_kind", "read_training_args"]
+def load_hf_model(path: Path, pick_class: Callable[[Any], Any]) -> tuple[nn.Module, Any]:
+    """A Hugging Face model from checkpoint folder ``path`` and its config: ``(model, config)``.
+
+    ``pick_class(config)`` returns the class to load (it may raise :class:`MpcgenError` for an unsupported one).
+    Keys of ``config.json`` that its class does not define are accepted, as Hugging Face accepts them: valid
+    checkpoints have them (GPT-2's Hub config carries ``n_ctx``; T5 models read ``decoder_start_token_id``, which
+    ``T5Config`` does not define). Refused: a damaged ``config.json`` or weights file, values of the wrong type,
+    and weights that do not fit the config (missing, unexpected or mis-shaped tensors, which Hugging Face would
+    fill with random values, as a typo in a geometry key such as ``n_layer`` causes); that message names the
+    unknown keys.
+    """
+    import transformers
+
+    data = read_json_object(path / "config.json")
+    errors = _hf_errors()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except errors as err:
+        raise MpcgenError(f"{path / 'config.json'}: {_first_line(err, join=True)}") from None
+    unknown = _unknown_hf_keys(config, data)
+    if unknown:  # INFO, not a warning: valid checkpoints have them (see the docstring)
+        logger.info("%s: keys %s are not fields of %s", path / "config.json", unknown, type(config).__name__)
+    cls = pick_class(config)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # its load report would repeat what is checked below
+    try:
+        model, info = cls.from_pretrained(str(path), config=config, local_files_only=True, output_loading_info=True)
+    except errors as err:
+        files = [name for name in HF_WEIGHT_FILES if (path / name).is_file()]
+        raise MpcgenError(f"{path}: cannot load the weights {files} (damaged or truncated? "
+                          f"{type(err).__name__}: {_first_line(err, join=True)})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    bad = {what: sorted(map(str, info.get(key) or [])) for what, key in
+           (("missing", "missing_keys"), ("unexpected", "unexpected_keys"), ("of another shape", "mismatched_keys"))}
+    if any(bad.values()):
+        listed = ", ".join(f"{len(v)} tensors {what} (e.g. {v[:3]})" for what, v in bad.items() if v)
+        hint = f"; config.json has keys {type(config).__name__} does not know: {unknown}" if unknown else ""
+        raise MpcgenError(f"{path}: the weights do not fit config.json ({listed}){hint}")
+    return model.eval(), config
+
+
+def _unknown_hf_keys(config: Any, data: dict[str, Any]) -> list[str]:
+    """Keys of ``config.json`` that ``config``'s class neither defines nor maps to a field."""
+    cls = type(config)
+    known = set(cls().to_dict()) | set(getattr(cls, "attribute_map", {}))
+    return sorted(map(str, set(data) - known))
+
+
+def _hf_errors() -> tuple[type[BaseException], ...]:
+    """What loading damaged or ill-typed Hugging Face files raises (configs are strict dataclasses)."""
+    import pickle
+
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, TypeError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError,
+            SafetensorError, StrictDataclassError)
+
+
+def _first_line(err: BaseException, *, join: bool = False) -> str:
+    """An exception's message on one line (``join``: all its lines, e.g. a validation error and its cause)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    return " ".join(lines) if join else lines[0]
+
+
+__all__ = ["KINDS", "ModelLike", "TOKENIZER_FILES", "load_hf_model", "load_model", "load_tokenizer", "model_kind",
+           "read_json_object", "read_tokenizer", "read_training_args"]

@@ -1,4 +1,4 @@
-"""Secret-share a model's weights (or not) and the client's input.
+"""Secret-share a model's weights (or not) and the client's input; reveal results, decoded exactly.
 
 Both parties build the same architecture from the public config; only the server's copy holds the real weights.
 ``private`` weights: each ``nn.Parameter`` (they live on leaf op modules, see :mod:`mpcgen.models`) is replaced by a
@@ -8,6 +8,9 @@ stay plain torch tensors on both parties (SPRINT's setting), and products with t
 ``private`` with ``fixed=True`` (the default) then opens each weight's mask once for the session
 (:mod:`mpcgen.mpc.fixed`), so products with weights open only the activations' masks. That needs the process's
 fixed-weight session, which :func:`mpcgen.mpc.launch.init_party` installs in every computing party.
+
+Revealing goes through :func:`reveal`, not CrypTen's ``get_plain_text``: CrypTen 0.4.1's fixed-point decoder is
+wrong by exactly -1.0 for some negative values (see :func:`decode` and ``docs/arithmetic.md``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from mpcgen.mpc.fixed import session as fixed_session
 from mpcgen.mpc.roles import CLIENT, SERVER, check_weights_mode
 
 logger = logging.getLogger(__name__)
-
 
 
 def encrypt_model(model: nn.Module, *, weights: str, src: int = SERVER, fixed: bool = True) -> nn.Module:
@@ -88,3 +90,27 @@ def encrypt_input(tensor: torch.Tensor | None, shape: Sequence[int], *, src: int
             raise MpcgenError(f"rank {rank} passed an input tensor, but only rank {src} owns the input: pass None")
         value = torch.zeros(shape)  # only the shape is read
     return crypten.cryptensor(value, src=src)
+
+
+def decode(ring: torch.Tensor, scale: int) -> torch.Tensor:
+    """Fixed-point ring elements (int64, ``scale`` = 2^precision) -> float32 values, ``ring / scale`` rounded once.
+
+    Replaces ``crypten.encoder.FixedPointEncoder.decode``, which floor-divides a negative ``t`` by ``scale - 1``
+    instead of ``scale`` and then adds ``(t mod scale) / scale``: for ``t = -(k * scale + r)``, ``0 <= r < scale``,
+    the result is one lower than it should be whenever ``k + r > scale - 1`` (at 16 bits: a logit of -k.f is read
+    as -(k+1).f with probability about k / 65,536 over its low bits). That was the rare wrong logit of ~1.0.
+    """
+    if scale <= 1:
+        return ring.clone()  # integer encodings (precision 0): nothing to divide
+    # float64 holds every |t| < 2^53 exactly and the division by a power of two is exact: one rounding, to float32.
+    return (ring.double() / scale).float()
+
+
+def reveal(x, dst: int | None = None) -> torch.Tensor | None:
+    """The plaintext of the secret ``x`` (an ``MPCTensor``) on rank ``dst`` (on every party when ``None``);
+    ``None`` on the other ranks. ``x.get_plain_text(dst)`` with an exact decoder (:func:`decode`); every party
+    calls it, and only ``dst`` receives anything (the others send their shares)."""
+    if x.nelement() < 1:  # as CrypTen: an empty tensor is "revealed" without communicating
+        return torch.empty(x.size())
+    ring = x.reveal(dst=dst)
+    return None if ring is None else decode(ring, x.encoder.scale)

@@ -3,10 +3,12 @@
 Roles: rank 0 is the **server** (holds the weights), rank 1 the **client** (holds the prompt), and with the ``ttp``
 provider rank ``world_size`` is the **dealer** (CrypTen's ``TTPServer``: it hands out correlated randomness and
 never sees inputs). :func:`init_party` is the one way a process joins a computation; the local launcher
-:func:`run_parties` and the separate-host entry point ``python -m mpcgen.mpc.party`` both go through it.
+:func:`run_parties` and the separate-host entry point ``python -m mpcgen.cli.party`` both go through it. The
+parties talk over :mod:`mpcgen.mpc.links` (TLS 1.3 with a certificate per party, or plaintext on loopback), not
+over ``torch.distributed``.
 
-Local processes are started with ``forkserver``: ``fork`` would copy the caller's threads and any CrypTen /
-``torch.distributed`` state into the parties (CrypTen's own launcher has to ``uninit`` around its forks for that
+Local processes are started with ``forkserver``: ``fork`` would copy the caller's threads and any CrypTen
+state into the parties (CrypTen's own launcher has to ``uninit`` around its forks for that
 reason), while ``spawn`` re-imports torch and CrypTen in every party of every launch (seconds each on a small
 machine). The fork server is a clean process that imports torch and CrypTen once and then forks each party.
 The price is the one ``spawn`` also has: ``fn`` must be importable (a module-level function).
@@ -14,7 +16,6 @@ The price is the one ``spawn`` also has: ``fn`` must be importable (a module-lev
 
 from __future__ import annotations
 
-import datetime
 import errno
 import logging
 import multiprocessing
@@ -36,9 +37,10 @@ from urllib.parse import urlparse
 import torch
 
 from mpcgen.errors import MpcgenError
-from mpcgen.mpc import fixed
+from mpcgen.mpc import communicator, fixed
 from mpcgen.mpc.compat import crypten
-from mpcgen.mpc.roles import DEFAULT_TIMEOUT_S, PROVIDERS, ROLES, SERVER, check_provider, rank_role, role_rank
+from mpcgen.mpc.links import LinkSettings, TlsFiles
+from mpcgen.mpc.roles import DEFAULT_LINK_TIMEOUT_S, DEFAULT_TIMEOUT_S, PROVIDERS, ROLES, SERVER, check_provider, rank_role, role_rank
 
 logger = logging.getLogger(__name__)
 
@@ -99,19 +101,32 @@ def init_party(
     rendezvous: str,
     provider: str = "ttp",
     *,
-    timeout: float = DEFAULT_TIMEOUT_S,
+    timeout: float = DEFAULT_LINK_TIMEOUT_S,
+    connect_timeout: float | None = None,
+    tls: TlsFiles | None = None,
+    listen: str | None = None,
+    insecure: bool = False,
 ) -> None:
-    """Join a secure computation in this process: configure CrypTen and ``crypten.init()``; a computing party then
-    installs its fixed-weight session (:func:`mpcgen.mpc.fixed.install`; the dealer serves its requests instead,
-    :func:`serve_dealer`). :func:`shutdown_party` undoes both.
+    """Join a secure computation in this process: connect the party links (:mod:`mpcgen.mpc.links`), configure
+    CrypTen and ``crypten.init()``; a computing party then installs its fixed-weight session
+    (:func:`mpcgen.mpc.fixed.install`; the dealer serves its requests instead, :func:`serve_dealer`).
+    :func:`shutdown_party` undoes both.
 
     Args:
         role: ``"server"`` (rank 0), ``"client"`` (rank 1) or ``"dealer"`` (rank ``world_size``, ``ttp`` only).
         rank: this process's rank; must match the role.
         world_size: number of computing parties (the dealer is not counted, as in CrypTen).
-        rendezvous: ``tcp://HOST:PORT`` (rank 0 listens there) or ``file:///abs/path`` (shared file system).
+        rendezvous: ``tcp://HOST:PORT`` (rank 0 listens there) or ``file:///abs/path`` (one host: rank 0 listens
+            on a loopback port and writes it there).
         provider: ``"ttp"`` (dealer process) or ``"tfp"`` (parties make their own triples; insecure).
-        timeout: seconds to wait for the other parties to connect, and for any one communication step.
+        timeout: seconds of silence (not even a heartbeat) after which a peer counts as lost.
+        connect_timeout: seconds for every party to join (default ``timeout``).
+        tls: this party's certificate, key and the deployment's CA: every link is then TLS 1.3 with mutual
+            authentication, and each peer's certificate must name its role.
+        listen: ``HOST[:PORT]`` where this party accepts the parties that dial it (default: the address it reaches
+            the server from, a free port).
+        insecure: allow plaintext links to another host (a warning is logged); without it a ``tcp://`` rendezvous
+            on a non-loopback address needs ``tls``.
     """
     check_provider(provider)
     if role != "dealer" and role in ROLES and role_rank(role, world_size) != rank:
@@ -126,33 +141,45 @@ def init_party(
     if crypten.is_initialized():
         raise MpcgenError("CrypTen is already initialised in this process: call shutdown_party() first")
     _check_rendezvous(rendezvous, rank)
+    check_security(rendezvous, tls, insecure, role)
 
-    # CrypTen's communicator reads these from the environment.
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world_size), RENDEZVOUS=rendezvous, DISTRIBUTED_BACKEND="gloo"
-    )
+    parties = world_size + (1 if provider == "ttp" else 0)
+    names = tuple(rank_role(r, world_size) for r in range(parties))
+    communicator.install()
+    communicator.configure(LinkSettings(rank=rank, names=names, rendezvous=rendezvous, tls=tls, timeout=timeout,
+                                        connect_timeout=timeout if connect_timeout is None else connect_timeout,
+                                        listen=listen))
     crypten.cfg.mpc.provider = PROVIDERS[provider]
     for key, value in FUNCTION_SETTINGS.items():
         setattr(crypten.cfg.functions, key, value)
     # The TTP server seeds the generators it shares with each party from torch's global RNG, and TFP draws triples
     # from it: left at torch's fixed default seed, another party could predict them. Seed it from the OS instead.
     torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-    # CrypTen calls init_process_group without a timeout, so torch falls back to this module default (30 min);
-    # a missing or dead peer must fail within our timeout instead.
-    torch.distributed.distributed_c10d.default_pg_timeout = datetime.timedelta(seconds=timeout)
-    logger.info("%s (rank %d of %d, provider %s) joining at %s", role, rank, world_size, provider, rendezvous)
+    logger.info("%s (rank %d of %d, provider %s) joining at %s%s", role, rank, world_size, provider, rendezvous,
+                " over TLS" if tls else "")
     try:
         crypten.init()
-    except (RuntimeError, ValueError) as err:  # DistNetworkError / DistStoreError are RuntimeErrors
-        text = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "address already in use" in str(err).lower():
-            raise MpcgenError(f"rendezvous {rendezvous}: port in use ({text}); choose another port") from err
-        raise MpcgenError(
-            f"{role} (rank {rank}) could not reach the other parties at {rendezvous} within {timeout:g} s: {text}"
-        ) from err
+    finally:
+        communicator.configure(None)
     if role != "dealer":
         fixed.uninstall()  # a session left from an earlier computation of this process (its dealer is gone)
         fixed.install()  # one session per computation: fresh keys, counters and masks
+
+
+def check_security(rendezvous: str, tls: TlsFiles | None, insecure: bool, role: str = "party") -> None:
+    """Refuse plaintext links to other hosts unless ``insecure`` (then warn): loopback and ``file://`` are local."""
+    if tls is not None:
+        return
+    url = urlparse(rendezvous)
+    host = url.hostname if url.scheme == "tcp" else "127.0.0.1"
+    local = host in ("localhost", "127.0.0.1", "::1") or (host or "").startswith("127.")
+    if local:
+        return
+    if not insecure:
+        raise MpcgenError(f"rendezvous {rendezvous} reaches other hosts: give --tls-cert/--tls-key/--tls-ca (see "
+                          "python -m mpcgen.certs), or --insecure to send shares and seeds in plaintext")
+    logger.warning("%s: INSECURE: links to other hosts carry shares, seeds and results in plaintext (--insecure)",
+                   role)
 
 
 def shutdown_party() -> None:
@@ -211,7 +238,9 @@ def _party_main(
     world_size: int,
     rendezvous: str,
     provider: str,
-    timeout: float,
+    link_timeout: float,
+    connect_timeout: float,
+    tls: TlsFiles | None,
     threads: int,
     job: bytes,
 ) -> None:
@@ -220,7 +249,8 @@ def _party_main(
     try:
         torch.set_num_threads(threads)
         fn, args = pickle.loads(job)
-        init_party(role, rank, world_size, rendezvous, provider, timeout=timeout)
+        init_party(role, rank, world_size, rendezvous, provider, timeout=link_timeout,
+                   connect_timeout=connect_timeout, tls=tls)
         _send(conn, "ready", None)
         result = serve_dealer() if role == "dealer" else fn(rank, *args)
         shutdown_party()
@@ -229,7 +259,7 @@ def _party_main(
         try:
             _send(conn, "error", traceback.format_exc())
         finally:
-            # Skip interpreter teardown: gloo's destructors can block on a peer that is gone.
+            # Skip interpreter teardown: nothing of a failed party is worth flushing, and it must not linger.
             os._exit(1)
 
 
@@ -275,8 +305,8 @@ def _stop(parties: Sequence[_Party]) -> None:
             party.process.close()
 
 
-# gloo's words for "the other end went away": a party failing with these is reacting to another's failure.
-_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+# mpcgen.mpc.links' words for "the other end went away": a party failing with these reacts to another's failure.
+_PEER_LOST = ("lost the link to", "ended the session while")
 
 
 def _failure_report(parties: Sequence[_Party], provider: str, world_size: int) -> str:
@@ -306,6 +336,8 @@ def run_parties(
     ranks: Sequence[int] | None = None,
     rendezvous: str | None = None,
     threads: int | None = None,
+    tls: str | os.PathLike | Mapping[int, TlsFiles] | None = None,
+    link_timeout: float = DEFAULT_LINK_TIMEOUT_S,
 ) -> list:
     """Run ``fn(rank, *args, *party_args[rank])`` in every computing party, each a separate process.
 
@@ -325,6 +357,9 @@ def run_parties(
             the same ``rendezvous`` from elsewhere (``python -m mpcgen.mpc.party``).
         rendezvous: ``tcp://HOST:PORT`` or ``file://...``; default a file in a fresh temporary folder.
         threads: torch threads per process; default the CPU count shared out over the processes.
+        tls: TLS 1.3 links: a folder made by ``python -m mpcgen.certs`` (each role's files are taken from it) or
+            one :class:`~mpcgen.mpc.links.TlsFiles` per rank. Default: plaintext loopback links.
+        link_timeout: seconds of silence after which a party counts a peer as lost.
 
     Returns:
         The return values of the computing parties started here, in rank order.
@@ -342,6 +377,10 @@ def run_parties(
         raise MpcgenError(f"ranks {unknown} do not exist with world size {world_size} and provider {provider}")
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // len(local))
+    if tls is not None and not isinstance(tls, Mapping):
+        from mpcgen.certs import party_files
+
+        tls = {r: party_files(tls, rank_role(r, world_size)) for r in local}
 
     tmpdir = tempfile.mkdtemp(prefix="mpcgen-rdv-")
     if rendezvous is None:
@@ -366,7 +405,8 @@ def run_parties(
             recv_end, send_end = ctx.Pipe(duplex=False)
             process = ctx.Process(
                 target=_party_main,
-                args=(send_end, role, rank, world_size, rendezvous, provider, timeout, threads, job_bytes),
+                args=(send_end, role, rank, world_size, rendezvous, provider, min(link_timeout, timeout),
+                      connect_timeout, (tls or {}).get(rank), threads, job_bytes),
                 name=f"mpcgen-{role}",
             )
             try:

@@ -15,7 +15,10 @@ ROLES = ("server", "client", "dealer")
 PROVIDERS = {"ttp": "TTP", "tfp": "TFP"}
 # ``private``: the server secret-shares its weights; ``public``: both parties hold them (SPRINT's setting).
 WEIGHT_MODES = ("private", "public")
-DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_TIMEOUT_S = 600.0  # a whole local run (run_parties, generate_private)
+# A party link that carries nothing, not even a heartbeat, this long is dead (mpcgen.mpc.links); also the time the
+# parties of a per-host run have to join.
+DEFAULT_LINK_TIMEOUT_S = 60.0
 
 
 def check_provider(provider: str) -> str:
@@ -46,5 +49,5 @@ def rank_role(rank: int, world_size: int = 2) -> str:
     return {SERVER: "server", CLIENT: "client"}.get(rank, f"party{rank}")
 
 
-__all__ = ["CLIENT", "DEFAULT_TIMEOUT_S", "PROVIDERS", "ROLES", "SERVER", "WEIGHT_MODES", "check_provider",
+__all__ = ["CLIENT", "DEFAULT_LINK_TIMEOUT_S", "DEFAULT_TIMEOUT_S", "PROVIDERS", "ROLES", "SERVER", "WEIGHT_MODES", "check_provider",
            "check_weights_mode", "rank_role", "role_rank"]

@@ -4,7 +4,8 @@ Who learns what (DESIGN section 1): the server announces the model's public conf
 secret-shares its weights (``private``), or both parties hold the weights (``public``). The client announces only the
 lengths of its inputs, one-hot encodes its token ids in plaintext and secret-shares the one-hot rows, so the
 embedding is a one-hot x table product. The logits are revealed to the client alone
-(``get_plain_text(dst=CLIENT)``); the server ends with nothing but its own cost counters.
+(:func:`~mpcgen.mpc.encrypt.reveal` to ``CLIENT``: CrypTen's ``get_plain_text`` with an exact decoder); the server
+ends with nothing but its own cost counters.
 
 :func:`forward_party` is what each party runs (the local launcher and ``python -m mpcgen.mpc.party`` both call it);
 :func:`private_forward` runs it over local processes and returns the client's view.
@@ -28,7 +29,7 @@ from mpcgen.mpc.compat import crypten
 from mpcgen.models.inference import prepare_for_inference
 from mpcgen.models.loading import load_model
 from mpcgen.mpc.costs import CostReport, PartyCost
-from mpcgen.mpc.encrypt import encrypt_input, encrypt_model
+from mpcgen.mpc.encrypt import encrypt_input, encrypt_model, reveal
 from mpcgen.mpc.launch import run_parties
 from mpcgen.mpc.meter import CostMeter
 from mpcgen.mpc.roles import CLIENT, DEFAULT_TIMEOUT_S, SERVER, check_provider, check_weights_mode
@@ -169,7 +170,7 @@ def forward_party(
             else:
                 out = model(one_hot=one_hot, use_cache=False)
             with meter.section("reveal"):
-                logits = out.logits.get_plain_text(dst=reveal_to)  # None on every other rank
+                logits = reveal(out.logits, dst=reveal_to)  # None on every other rank
         meter.detach()
     cost = meter.result()
     return PartyForward(rank=rank, logits=logits if rank == reveal_to else None, cost=cost,

@@ -1,26 +1,27 @@
-"""Differential privacy (DP-SGD with Opacus): what to freeze, GPT-2's Conv1D swap, noise calibration, accounting."""
+"""Differential privacy (DP-SGD with Opacus): what to freeze, noise calibration, the private optimizer and data
+loader (ghost or per-sample clipping), accounting."""
 
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
 from mpcgen.errors import MpcgenError
+from mpcgen.train.clipping import GhostClipper
 from mpcgen.train.families import family_spec
 
 logger = logging.getLogger(__name__)
 
+# How per-sample gradients are clipped: ghost (mpcgen.train.clipping: norms without per-sample gradients, one
+# backward pass) or per-sample (Opacus' hooks: every per-sample gradient instantiated; the reference).
+CLIPPINGS = ("ghost", "per-sample")
 # Above this noise multiplier the gradient signal is drowned (each step's noise std is sigma * C per batch).
 MAX_NOISE_MULTIPLIER = 50.0
-# Set on a model by linearize_conv1d: the names of the converted modules, for export_hf_model to convert back.
-LINEARIZED_ATTR = "_mpcgen_linearized"
-
-
 def freeze_for_dp(model: nn.Module, family: str) -> list[str]:
     """Freeze the parameters Opacus cannot compute per-sample gradients for; return their names."""
     patterns = family_spec(family).dp_frozen
@@ -34,45 +35,25 @@ def freeze_for_dp(model: nn.Module, family: str) -> list[str]:
     return frozen
 
 
-def linearize_conv1d(model: nn.Module) -> list[str]:
-    """Replace transformers' ``Conv1D`` (GPT-2's projections) by equivalent ``nn.Linear`` modules, in place.
+def conv1d_grad_sample(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
+    """Opacus grad sampler for transformers' ``Conv1D`` (``y = x W + b``, W of shape (in, out)): per-sample
+    ``sum_t x_t g_t^T`` and ``sum_t g_t``, one einsum as Opacus' ``nn.Linear`` rule (its functorch fallback was ~20x
+    slower than a plain step)."""
+    x = activations[0].to(backprops.dtype)
+    out = {}
+    if layer.weight.requires_grad:
+        out[layer.weight] = torch.einsum("n...i,n...j->nij", x, backprops)  # (B, in, out)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = torch.einsum("n...k->nk", backprops)
+    return out
 
-    Opacus has an efficient per-sample-gradient rule for ``nn.Linear`` but none for ``Conv1D``, which falls back to
-    functorch and made DP-SGD steps ~20x slower than plain steps. ``Conv1D`` computes ``x @ W + b`` with W of shape
-    (in, out), so the Linear holds ``W.T``: outputs are identical. :func:`mpcgen.train.families.export_hf_model`
-    converts back before saving, so checkpoints stay loadable by ``GPT2LMHeadModel``. Returns the converted module
-    names.
-    """
+
+def register_conv1d_grad_sampler() -> None:
+    """Register :func:`conv1d_grad_sample` with Opacus (idempotent; called where the per-sample mode is set up)."""
+    from opacus.grad_sample import register_grad_sampler
     from transformers.pytorch_utils import Conv1D
 
-    converted = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, Conv1D):
-            linear = nn.Linear(module.weight.shape[0], module.weight.shape[1], bias=module.bias is not None)
-            with torch.no_grad():
-                linear.weight.copy_(module.weight.t())
-                if module.bias is not None:
-                    linear.bias.copy_(module.bias)
-            linear.weight.requires_grad_(module.weight.requires_grad)
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
-            converted.append(name)
-    setattr(model, LINEARIZED_ATTR, converted)
-    return converted
-
-
-def restore_conv1d(model: nn.Module, names: Sequence[str]) -> None:
-    """Inverse of :func:`linearize_conv1d` on a copy about to be saved."""
-    from transformers.pytorch_utils import Conv1D
-
-    for name in names:
-        linear = model.get_submodule(name)
-        conv = Conv1D(linear.out_features, linear.in_features)
-        with torch.no_grad():
-            conv.weight.copy_(linear.weight.t())
-            conv.bias.copy_(linear.bias)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, conv)
+    register_grad_sampler(Conv1D)(conv1d_grad_sample)
 
 
 @dataclass
@@ -87,6 +68,7 @@ class DPPlan:
     noise_multiplier: float
     accountant: str
     frozen_parameters: list[str] = field(default_factory=list)
+    clipping: str = "ghost"  # one of CLIPPINGS
 
 
 def plan_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
@@ -129,5 +111,59 @@ def epsilon_from_history(kind: str, history: Sequence[Sequence[float]], delta: f
     return float(make_accountant(kind, history).get_epsilon(delta=delta))
 
 
-__all__ = ["DPPlan", "MAX_NOISE_MULTIPLIER", "epsilon_from_history", "freeze_for_dp", "linearize_conv1d",
-           "make_accountant", "plan_noise", "restore_conv1d"]
+@dataclass
+class PrivateTraining:
+    """What :func:`make_private` returns; ``clipper`` is set in ghost mode, where it replaces ``loss.backward()``."""
+
+    model: nn.Module
+    optimizer: Any  # an Opacus DPOptimizer
+    loader: Any  # an Opacus DPDataLoader (Poisson sampling)
+    accountant: Any
+    clipper: Optional[GhostClipper] = None
+
+
+def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, *, plan: DPPlan,
+                 distributed: bool) -> PrivateTraining:
+    """DP-SGD around ``model``: Poisson-sampled ``loader``, clipping to ``plan.max_grad_norm``, Gaussian noise of std
+    ``noise_multiplier * max_grad_norm`` on the summed clipped gradients, and an accountant charging every step.
+
+    Both modes use Opacus' data loader, noise and accountant; they differ in how the clipped sum is computed. Ghost:
+    :class:`GhostClipper` writes it to ``p.grad`` and Opacus' fast-clipping optimizer only adds noise and averages
+    (``make_private`` of Opacus' ghost mode would need two backward passes and refuses tied embeddings). Per-sample:
+    Opacus' ``PrivacyEngine`` in hooks mode.
+    """
+    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
+    module = DPDDP(model) if distributed else model  # DPDDP broadcasts rank 0's weights; gradients reduce in step()
+    if plan.clipping == "per-sample":
+        from opacus import PrivacyEngine
+
+        register_conv1d_grad_sampler()
+        engine = PrivacyEngine(accountant=plan.accountant)
+        module, optimizer, loader = engine.make_private(
+            module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm, poisson_sampling=True, grad_sample_mode="hooks")
+        return PrivateTraining(module, optimizer, loader, engine.accountant)
+    if plan.clipping != "ghost":
+        raise MpcgenError(f"unknown --dp-clipping {plan.clipping!r}; choose one of {sorted(CLIPPINGS)}")
+    from opacus.data_loader import DPDataLoader
+    from opacus.optimizers import get_optimizer_class
+
+    clipper = GhostClipper(model, plan.max_grad_norm)
+    loader = DPDataLoader.from_data_loader(loader, distributed=distributed)
+    # As PrivacyEngine.make_private: the rate the loader samples at, the expected batch per process.
+    sample_rate = 1 / len(loader)
+    expected_batch = int(len(loader.dataset) * sample_rate)
+    if distributed:
+        expected_batch /= torch.distributed.get_world_size()
+    optimizer = get_optimizer_class(clipping="flat", distributed=distributed, grad_sample_mode="ghost")(
+        optimizer, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+        expected_batch_size=expected_batch, loss_reduction="mean")
+    accountant = make_accountant(plan.accountant)
+    optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    return PrivateTraining(module, optimizer, loader, accountant, clipper)
+
+
+__all__ = ["CLIPPINGS", "DPPlan", "MAX_NOISE_MULTIPLIER", "PrivateTraining", "conv1d_grad_sample",
+           "epsilon_from_history", "freeze_for_dp", "make_accountant", "make_private", "plan_noise",
+           "register_conv1d_grad_sampler"]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
+    AutoConfig,
     AutoTokenizer,
     BartConfig,
     BartForConditionalGeneration,
@@ -50,6 +50,8 @@ class FamilySpec:
     # The Hugging Face config field counting decoder layers (all layers for GPT-2): what distillation's
     # --constant-attention-layers indexes.
     decoder_layers: str
+    # The config field bounding sequence length (learned positions); None: no bound (T5's relative positions).
+    positions: str | None = None
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -73,6 +75,7 @@ SPECS: dict[str, FamilySpec] = {
         dp_frozen=("transformer.wpe.",),
         lora_targets=("c_attn", "c_proj", "c_fc"),
         decoder_layers="n_layer",
+        positions="n_positions",
     ),
     "t5": FamilySpec(
         "t5",
@@ -104,6 +107,7 @@ SPECS: dict[str, FamilySpec] = {
         dp_frozen=("embed_positions.",),
         lora_targets=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
         decoder_layers="decoder_layers",
+        positions="max_position_embeddings",
     ),
 }
 
@@ -140,21 +144,49 @@ def build_scratch_model(
     return spec.model_cls(config)
 
 
-def load_pretrained(model: str, name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load model and tokenizer with ``from_pretrained``, add missing special tokens, resize the embeddings."""
+# Files of which a saved tokenizer has at least one; without any, transformers builds an empty tokenizer from the
+# model's config instead of failing.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")
+
+
+def load_pretrained(model: str, name_or_path: str, *, max_length: int | None = None
+                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model and tokenizer with ``from_pretrained``, add missing special tokens, grow the embeddings to fit.
+
+    Refused with an :class:`MpcgenError` before any weight is read: a checkpoint of another family than ``model``, a
+    local folder without a tokenizer, and a ``max_length`` beyond the checkpoint's learned positions.
+    """
     spec = family_spec(model)
-    auto = AutoModelForSeq2SeqLM if spec.is_encoder_decoder else AutoModelForCausalLM
+    hint = "give --name-or-path a local checkpoint directory, or use --init scratch"
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise MpcgenError(f"cannot load {model} from {name_or_path!r} ({exc.__class__.__name__}): {hint}") from None
+    if config.model_type != spec.config_cls.model_type:
+        raise MpcgenError(f"{name_or_path!r} holds a {config.model_type!r} model, not {model}: pass the --model it is")
+    limit = getattr(config, spec.positions) if spec.positions else None
+    if max_length is not None and limit is not None and max_length > limit:
+        raise MpcgenError(f"--max-length {max_length} exceeds the {limit} positions of {name_or_path!r} "
+                          f"({spec.positions}): use --max-length {limit} or less")
+    if Path(name_or_path).is_dir() and not any((Path(name_or_path) / f).is_file() for f in TOKENIZER_FILES):
+        raise MpcgenError(f"{name_or_path} has no tokenizer (none of {list(TOKENIZER_FILES)}): save it beside the "
+                          "model with tokenizer.save_pretrained(dir)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        net = auto.from_pretrained(name_or_path)
+        net = spec.model_cls.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
-        raise MpcgenError(f"cannot load {model} from {name_or_path!r} ({exc.__class__.__name__}): give --name-or-path "
-                          "a local checkpoint directory, or use --init scratch") from None
+        raise MpcgenError(f"cannot load {model} from {name_or_path!r} ({exc.__class__.__name__}): {hint}") from None
     tokenizer = prepare_tokenizer(tokenizer, is_encoder_decoder=spec.is_encoder_decoder)
-    if len(tokenizer) != net.get_input_embeddings().num_embeddings:
+    # Grow only: a checkpoint may have more rows than its tokenizer has tokens (t5-small: 32128 for 32100), and
+    # cutting them would change the pretrained model.
+    if len(tokenizer) > net.get_input_embeddings().num_embeddings:
         net.resize_token_embeddings(len(tokenizer))
     net.config.pad_token_id = tokenizer.pad_token_id
     return net, tokenizer
+
+
+# Opacus' DDP wrapper (imported by name: this module does not load Opacus); it keeps the model in ``.module``.
+DP_DDP_NAMES = ("DPDDP", "DifferentiallyPrivateDistributedDataParallel")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -162,7 +194,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if hasattr(model, "_module"):
             model = model._module
-        elif isinstance(model, nn.parallel.DistributedDataParallel) or type(model).__name__ == "DPDDP":
+        elif isinstance(model, nn.parallel.DistributedDataParallel) or type(model).__name__ in DP_DDP_NAMES:
             model = model.module
         else:
             return model
@@ -170,19 +202,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def export_hf_model(model: nn.Module) -> PreTrainedModel:
     """A plain Hugging Face model of the current weights (LoRA merged into a copy; the training model is untouched)."""
-    from mpcgen.train.dp import LINEARIZED_ATTR, restore_conv1d  # here: dp imports this module
-
-
     model = unwrap(model)
     if hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
-    linearized = getattr(model, LINEARIZED_ATTR, None)
-    if linearized:
-        model = copy.deepcopy(model)
-        restore_conv1d(model, linearized)
-        delattr(model, LINEARIZED_ATTR)
     return model
 
 
-__all__ = ["SPECS", "FamilySpec", "build_scratch_model", "export_hf_model", "family_spec",
+__all__ = ["SPECS", "TOKENIZER_FILES", "FamilySpec", "build_scratch_model", "export_hf_model", "family_spec",
            "load_pretrained", "unwrap"]

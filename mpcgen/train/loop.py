@@ -20,9 +20,9 @@ from mpcgen.errors import MpcgenError
 from mpcgen.io import write_json
 from mpcgen.train import schedule
 from mpcgen.train.data import Collator
-from mpcgen.train.dp import DPPlan, epsilon_from_history
+from mpcgen.train.dp import DPPlan, PrivateTraining, epsilon_from_history, make_private
 from mpcgen.train.families import export_hf_model, unwrap
-from mpcgen.train.losses import sequence_loss, validation_loss
+from mpcgen.train.losses import per_sample_loss, sequence_loss, validation_loss
 from mpcgen.train.optim import weight_decay_groups
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class Trainer:
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_val_loss": math.inf,
                                       "best_step": None, "history": [], "accountant_history": [],
                                       "total_steps": plan.total_steps}
-        self.privacy_engine = None
+        self.private: Optional[PrivateTraining] = None
 
     # -- setup --------------------------------------------------------------------------------------------------
 
@@ -93,26 +93,21 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=self.plan.lr)
 
     def _wrap(self, optimizer):
-        """DDP / Opacus wrapping; returns (model, optimizer, dp data loader or None)."""
+        """DDP / DP-SGD wrapping; returns (optimizer, dp data loader or None)."""
         dp = self.plan.dp
         if dp is None:
             if self.world > 1:
                 self.model = torch.nn.parallel.DistributedDataParallel(self.model)
             return optimizer, None
-        from opacus import PrivacyEngine
-        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
-
-        module = DPDDP(self.model) if self.world > 1 else self.model
+        if dp.clipping == "ghost" and self.hooks.loss is not None:
+            raise MpcgenError("ghost clipping needs per-example losses; a custom training loss runs only with "
+                              "--dp-clipping per-sample")
         # Per-rank loader of batch B * world over the full dataset: Opacus derives the sample rate 1/len(loader),
         # i.e. the global rate, and each rank Poisson-samples its shard at that rate.
         loader = DataLoader(self.train_rows, batch_size=self.plan.batch_size * self.world, collate_fn=self.collate)
-        self.privacy_engine = PrivacyEngine(accountant=dp.accountant)
-        self.model, optimizer, loader = self.privacy_engine.make_private(
-            module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.max_grad_norm, poisson_sampling=True, grad_sample_mode="hooks")
-        # Opacus covers modules without a registered sampler (GPT-2's Conv1D, T5's RMS norm) by its functorch
-        # fallback; the HF weights stay as they are, so the checkpoint needs no conversion.
-        return optimizer, loader
+        self.private = make_private(self.model, optimizer, loader, plan=dp, distributed=self.world > 1)
+        self.model = self.private.model
+        return self.private.optimizer, self.private.loader
 
     def _batches(self, dp_loader) -> Iterator[dict[str, torch.Tensor]]:
         """Endless batches; non-DP batches resume at (epoch, batch_in_epoch), DP batches are fresh Poisson samples."""
@@ -150,9 +145,9 @@ class Trainer:
         return epsilon_from_history(self.plan.dp.accountant, self._accountant_history(), self.plan.dp.delta)
 
     def _accountant_history(self) -> list:
-        if self.privacy_engine is None:
+        if self.private is None:
             return self.state["accountant_history"]
-        return [list(h) for h in self.privacy_engine.accountant.history]
+        return [list(h) for h in self.private.accountant.history]
 
     def _trainer_state(self) -> dict[str, Any]:
         best = self.state["best_val_loss"]
@@ -229,9 +224,9 @@ class Trainer:
         if resume_dir is not None:
             self._resume(resume_dir, optimizer)
         optimizer, dp_loader = self._wrap(optimizer)
-        if self.privacy_engine is not None and self.state["accountant_history"]:
+        if self.private is not None and self.state["accountant_history"]:
             # A resumed DP run continues the accountant, so it reports the same epsilon as before plus new steps.
-            self.privacy_engine.accountant.history = [tuple(h) for h in self.state["accountant_history"]]
+            self.private.accountant.history = [tuple(h) for h in self.state["accountant_history"]]
         main = self.rank == 0
         writer = SummaryWriter(str(self.out / "runs")) if main else None
         self.t0 = time.monotonic()
@@ -258,14 +253,21 @@ class Trainer:
             else:
                 # bf16 autocast roughly halves step time on CPUs with AVX512-BF16/AMX; the loss stays float32.
                 with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.plan.bf16):
+                    losses = None
                     if self.hooks.loss is not None:
                         loss, parts = self.hooks.loss(self.model, batch)
+                    elif self.private is not None and self.private.clipper is not None:
+                        losses = per_sample_loss(self.model, batch, is_encoder_decoder=self.enc_dec)
+                        loss = losses.mean()
                     else:
                         loss, _ = sequence_loss(self.model, batch, is_encoder_decoder=self.enc_dec,
                                                 per_sample=self.plan.dp is not None)
                 if not torch.isfinite(loss.detach()).all():
                     self._stop_on_nan(step + 1, float(loss.detach()), parts, writer)
-                loss.backward()
+                if losses is not None:
+                    self.private.clipper.backward(losses)  # p.grad = sum of per-example clipped gradients
+                else:
+                    loss.backward()
                 if self.plan.dp is None:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.plan.max_grad_norm)
                 optimizer.step()
@@ -335,7 +337,10 @@ class Trainer:
         """A Poisson batch with no examples: DP-SGD still takes a (pure-noise) step, and the accountant counts it."""
         for p in self.model.parameters():
             if p.requires_grad:
-                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                if self.private.clipper is not None:
+                    p.grad = torch.zeros_like(p)  # ghost: the (empty) clipped sum
+                else:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
         optimizer.step()
 
 
