@@ -97,11 +97,13 @@ def summarise(by_case: dict[str, dict[str, Any]], provider: str, fixed: str, sec
     in_range = [n for n in by_case if not n.startswith("large/")]
     return {"provider": provider, "fixed_weights": fixed, "seconds": round(seconds, 1),
             "in_range": total(in_range), "all": total(list(by_case)),
-            "cases": {n: export(s) for n, s in by_case.items()}}
+            "cases": {n: export(s, worst=2) for n, s in by_case.items()}}  # the totals keep --worst
 
 
-def export(stats: dict[str, Any]) -> dict[str, Any]:
+def export(stats: dict[str, Any], worst: int | None = None) -> dict[str, Any]:
     out = dict(stats)  # histograms stay lists, in the order of the section's "bins" (JSON keys get sorted)
+    if worst is not None:
+        out["worst"] = {kind: rows[:worst] for kind, rows in stats["worst"].items()}
     out["max_protocol_error_bin"] = max_error(stats["histogram"]["protocol"])
     return out
 

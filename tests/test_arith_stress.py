@@ -6,7 +6,7 @@ What must stay true (``docs/arithmetic.md``):
   LM head, gains, secret products, squares, public scalars) is within 2 LSB (2^-15) of float64 on the encoded
   inputs, for both providers and fixed masks on and off. Errors of 1-2 LSB need both shares of one sign, and a wrap
   of the local truncation (a 2^48-LSB error) needs the same; each has probability |v| / 2^32 per element, so a
-  launch here fails by chance with probability ~3e-5 (the sum over its elements of |v| / 2^32);
+  launch here fails by chance with probability 3e-5 (the sum over its elements of |v| / 2^32);
 * every reveal decodes exactly: CrypTen 0.4.1's decoder reads some negative values 1.0 too low (the rare wrong
   logit), :func:`mpcgen.mpc.encrypt.reveal` does not.
 """

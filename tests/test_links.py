@@ -125,6 +125,14 @@ class _Tap:
             dst.sendall(chunk)
 
 
+def _wait_listening(proc: subprocess.Popen, port: int, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr[1] == port
+                  for c in psutil.Process(proc.pid).net_connections()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the server never listened"
+        time.sleep(0.2)
+
+
 def _tls_records(stream: bytes) -> list[int]:
     """Content types of the TLS records that make up ``stream``; raises if any byte is outside a record."""
     types, i = [], 0
@@ -232,7 +240,8 @@ def test_the_legitimate_parties_report_a_refused_impostor(certs: Path, other_ca:
         assert "Traceback" not in errs[role]
 
 
-def test_a_wire_tap_sees_only_tls_records_and_without_tls_it_sees_the_protocol(certs: Path, student: Path) -> None:
+def test_a_wire_tap_sees_only_tls_records_and_without_tls_it_sees_the_protocol(certs: Path, student: Path,
+                                                                                tmp_path: Path) -> None:
     ids = "5,9,11,3,8"
     for use_tls in (True, False):
         port = free_port()
@@ -241,15 +250,23 @@ def test_a_wire_tap_sees_only_tls_records_and_without_tls_it_sees_the_protocol(c
         server = _party_cmd("forward", "server", f"tcp://127.0.0.1:{port}", folder, "--model", str(student))
         dealer = _party_cmd("forward", "dealer", f"tcp://127.0.0.1:{port}", folder)
         client = _party_cmd("forward", "client", f"tcp://127.0.0.1:{tap.port}", folder, "--ids", ids)
-        procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for cmd in (server, dealer, client)]
+        # Logs go to files: a party blocked on a full stderr pipe would stall the others.
+        logs = [tmp_path / f"{name}-{use_tls}.log" for name in ("server", "dealer", "client")]
+        files = [open(log, "w") for log in logs]
+        procs = [subprocess.Popen(server, env=ENV, stdout=files[0], stderr=subprocess.STDOUT)]
+        _wait_listening(procs[0], port)  # the tap relays one connection: the server must be up before the client
+        procs += [subprocess.Popen(cmd, env=ENV, stdout=f, stderr=subprocess.STDOUT)
+                  for cmd, f in ((dealer, files[1]), (client, files[2]))]
         try:
-            outs = [p.communicate(timeout=120) for p in procs]
-        finally:
             for p in procs:
+                p.wait(timeout=180)
+        finally:
+            for p, f in zip(procs, files):
                 if p.poll() is None:
                     p.kill()
-        assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
+                    p.wait()
+                f.close()
+        assert all(p.returncode == 0 for p in procs), [log.read_text()[-1500:] for log in logs]
         up, down = bytes(tap.data["up"]), bytes(tap.data["down"])
         assert len(up) > 1000 and len(down) > 1000  # the client's openings and the revealed logits went through
         if use_tls:

@@ -129,7 +129,8 @@ def _join(settings: LinkSettings, deadline: float) -> Mesh:
             advertise = f"{lhost or local_ip}:{listener.getsockname()[1]}"
         _send_json(sock, {"protocol": PROTOCOL, "rank": rank, "parties": settings.parties, "listen": advertise})
         _expect_ok(sock, link0, deadline)
-        directory = _recv_json(sock, link0, deadline)
+        # The server sends the directory, or why there is none, when its own connect timeout ends: wait past ours.
+        directory = _recv_json(sock, link0, deadline + _HANDSHAKE_S)
         if "error" in directory:
             raise LinkError(f"the server stopped before the session began: {directory['error']}")
         session = directory["session"]
