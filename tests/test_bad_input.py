@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 import transformers as tf
-from model_helpers import free_port, tiny_config
+from model_helpers import free_port, tiny_config, word_tokenizer
 
 from mpcgen.errors import MpcgenError
 from mpcgen.generation import generate_plain
@@ -406,22 +406,12 @@ def test_prompt_with_a_lone_surrogate(saved) -> None:
         encode_client_text(load_tokenizer(saved["student"]), "x\udcff", None)  # a separate-host client
 
 
-def _word_tokenizer():
-    """A word-level tokenizer with an unknown token (byte-level BPE never produces one; word-piece ones can)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<sep>", "<unk>", "name", "pub"])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   sep_token="<sep>", unk_token="<unk>")
 
 
 def test_prompt_with_characters_the_tokenizer_maps_to_unknown(saved, tmp_path, capsys) -> None:
     from mpcgen.generate import main
 
-    _word_tokenizer().save_pretrained(str(tmp_path / "words"))
+    word_tokenizer().save_pretrained(str(tmp_path / "words"))
     code = main(["--model", str(saved["student"]), "--tokenizer", str(tmp_path / "words"), "--prompt", "name pub",
                  "--prompt", "name ☃ pub", "--plaintext", "--no-progress"])
     line = _user_error((code, capsys.readouterr().err))

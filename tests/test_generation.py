@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from model_helpers import free_port, run_roles
+from model_helpers import free_port, run_roles, word_tokenizer
 
 from mpcgen.errors import MpcgenError
 from mpcgen.generation import TokenChooser, generate_plain, generate_private, generation_party
@@ -366,18 +366,6 @@ def test_separate_host_roles_over_tcp(teacher_dir, tmp_path, references, prompts
 # ---------------------------------------------------------------------------------------------------- bad input
 
 
-def _word_tokenizer():
-    """A word-level tokenizer with an unknown token (byte-level BPE never produces one)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<sep>", "<unk>", "name", "pub"])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   sep_token="<sep>", unk_token="<unk>")
-
-
 def test_bad_input_errors(teacher_dir, tmp_path) -> None:
     def fails(match, *args, **kwargs):
         with pytest.raises(MpcgenError, match=match):
@@ -385,7 +373,7 @@ def test_bad_input_errors(teacher_dir, tmp_path) -> None:
 
     fails("prompt 0 is empty", teacher_dir, ["  "])
     fails("exceeds the model's 128 positions", teacher_dir, ["name[The Eagle] " * 40])
-    fails("cannot encode", teacher_dir, ["name ☃ pub"], tokenizer=_word_tokenizer())
+    fails("cannot encode", teacher_dir, ["name ☃ pub"], tokenizer=word_tokenizer())
     fails("no prompts", teacher_dir, [])
     fails("decoding 'er' .* needs a model trained for it", teacher_dir, ["name[x]"], decoding="er")
     fails("needs decoding 'client'", teacher_dir, ["name[x]"], decoding="tokens", chooser=TokenChooser())

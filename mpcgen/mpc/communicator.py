@@ -61,9 +61,6 @@ class _Work:
             self._done = True
         return True
 
-    def is_completed(self) -> bool:
-        return self._done
-
 
 class SocketCommunicator(Communicator):
     """CrypTen's communicator on mpcgen's party links (one per process, like ``DistributedCommunicator``)."""
@@ -315,8 +312,6 @@ class SocketCommunicator(Communicator):
 
 class _TtpDist:
     """The three ``torch.distributed`` calls of CrypTen's TTP provider (seeds to each party, then a barrier)."""
-
-    ReduceOp = ReduceOp
 
     @staticmethod
     def isend(tensor: torch.Tensor, dst: int, group: Any = None) -> _Work:

@@ -69,33 +69,10 @@ def _host(settings: LinkSettings, deadline: float) -> Mesh:
         write_text(Path(url.path), "%s:%d" % listener.getsockname()[:2])
     session = os.urandom(16).hex()
     links: dict[int, _Link] = {}
-    addresses: dict[int, str | None] = {}
-    refused: list[str] = []
     try:
-        while len(links) < settings.parties - 1:
-            missing = [settings.names[r] for r in range(1, settings.parties) if r not in links]
-            if time.monotonic() >= deadline:
-                extra = f"; refused: {'; '.join(refused)}" if refused else ""
-                raise LinkError(f"{', '.join(missing)} never joined at {settings.rendezvous} within "
-                                f"{settings.connect_timeout:g} s{extra}")
-            listener.settimeout(max(0.05, min(1.0, deadline - time.monotonic())))
-            try:
-                raw, peer = listener.accept()
-            except socket.timeout:
-                continue
-            address = "%s:%d" % peer[:2]
-            try:
-                sock, hello = _admit(raw, address, settings, None, deadline)
-                rank = hello["rank"]
-                if rank in links:
-                    raise _Refused(f"a second party claims rank {rank} ({settings.names[rank]})")
-            except _Refused as err:
-                refused.append(f"{address}: {err}")
-                logger.error("refused a connection from %s: %s", address, err)
-                continue
-            links[rank] = _Link(sock, rank, settings.names[rank], address)
-            addresses[rank] = hello.get("listen")
-            logger.info("%s joined from %s%s", settings.who(rank), address, " (TLS)" if settings.tls else "")
+        hellos = _accept(listener, settings, links, range(1, settings.parties), None, deadline,
+                         f"never joined at {settings.rendezvous}")
+        addresses = {r: hello.get("listen") for r, hello in hellos.items()}
         for link in links.values():
             _send_json(link.sock, {"session": session, "listen": {str(r): a for r, a in addresses.items()}})
     except BaseException as err:
@@ -141,26 +118,9 @@ def _join(settings: LinkSettings, deadline: float) -> Mesh:
             lhost, _, lport = address.rpartition(":")
             peer = _dial(lhost, int(lport), lower, settings, deadline, session=session)
             links[lower] = _Link(peer, lower, settings.names[lower], address)
-        while len(links) < settings.parties - 1:
-            assert listener is not None
-            if time.monotonic() >= deadline:
-                missing = [settings.names[r] for r in range(rank + 1, settings.parties) if r not in links]
-                raise LinkError(f"{', '.join(missing)} never connected to this party within "
-                                f"{settings.connect_timeout:g} s")
-            listener.settimeout(max(0.05, min(1.0, deadline - time.monotonic())))
-            try:
-                raw, peer_addr = listener.accept()
-            except socket.timeout:
-                continue
-            address = "%s:%d" % peer_addr[:2]
-            try:
-                peer, hello = _admit(raw, address, settings, session, deadline)
-                if hello["rank"] <= rank or hello["rank"] in links:
-                    raise _Refused(f"rank {hello['rank']} does not connect to rank {rank}")
-            except _Refused as err:
-                logger.error("refused a connection from %s: %s", address, err)
-                continue
-            links[hello["rank"]] = _Link(peer, hello["rank"], settings.names[hello["rank"]], address)
+        if listener is not None:
+            _accept(listener, settings, links, range(rank + 1, settings.parties), session, deadline,
+                    "never connected to this party")
     except BaseException:
         for link in links.values():
             _close_quietly(link.sock)
@@ -169,6 +129,39 @@ def _join(settings: LinkSettings, deadline: float) -> Mesh:
         if listener is not None:
             _close_quietly(listener)
     return Mesh(settings, links, session)
+
+
+def _accept(listener: socket.socket, settings: LinkSettings, links: dict[int, _Link], expected: range,
+            session: str | None, deadline: float, missing_why: str) -> dict[int, dict[str, Any]]:
+    """Admit the ``expected`` ranks on ``listener`` into ``links`` (refusing and logging any other connection)
+    until all have come or ``deadline`` passes; returns their hellos."""
+    hellos: dict[int, dict[str, Any]] = {}
+    refused: list[str] = []
+    while any(r not in links for r in expected):
+        if time.monotonic() >= deadline:
+            missing = ", ".join(settings.names[r] for r in expected if r not in links)
+            extra = f"; refused: {'; '.join(refused)}" if refused else ""
+            raise LinkError(f"{missing} {missing_why} within {settings.connect_timeout:g} s{extra}")
+        listener.settimeout(max(0.05, min(1.0, deadline - time.monotonic())))
+        try:
+            raw, peer = listener.accept()
+        except socket.timeout:
+            continue
+        address = "%s:%d" % peer[:2]
+        try:
+            sock, hello = _admit(raw, address, settings, session, deadline)
+            rank = hello["rank"]
+            if rank in links:
+                raise _Refused(f"a second party claims rank {rank} ({settings.names[rank]})")
+            if rank not in expected:
+                raise _Refused(f"rank {rank} does not connect to rank {settings.rank}")
+        except _Refused as err:
+            refused.append(f"{address}: {err}")
+            logger.error("refused a connection from %s: %s", address, err)
+            continue
+        links[rank], hellos[rank] = _Link(sock, rank, settings.names[rank], address), hello
+        logger.info("%s joined from %s%s", settings.who(rank), address, " (TLS)" if settings.tls else "")
+    return hellos
 
 
 class _Refused(Exception):

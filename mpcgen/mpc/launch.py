@@ -246,6 +246,9 @@ def _party_main(
 ) -> None:
     """Body of each launched process: init, run ``job`` (pickled ``(fn, args)``), report through ``conn``."""
     _exit_with_launcher()
+    # The launcher stops the other parties with SIGTERM after a failure: unwind (closing a progress bar's line, so
+    # the launcher's error starts on a line of its own) rather than vanish mid-write.
+    signal.signal(signal.SIGTERM, _raise_exit)
     try:
         torch.set_num_threads(threads)
         fn, args = pickle.loads(job)
@@ -261,6 +264,10 @@ def _party_main(
         finally:
             # Skip interpreter teardown: nothing of a failed party is worth flushing, and it must not linger.
             os._exit(1)
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _exit_with_launcher() -> None:

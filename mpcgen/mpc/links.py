@@ -14,11 +14,12 @@ build and whose rendezvous lets anyone who reaches the port join. This module re
   peer claims (``server``, ``client``, ``dealer``). A peer that fails any check is refused before any share, seed
   or setting is exchanged; the refusing party logs it, and the refused party gets the reason. Hostnames are not
   checked: the parties are often addressed by IP, and the identity that matters is the role.
-* **Faults.** A background thread per process moves all frames (so two parties sending large tensors to each other
-  at once never deadlock) and sends a heartbeat on every idle link. A link that carries nothing, not even a
-  heartbeat, for ``timeout`` seconds is declared dead: a party blocked on it raises :class:`LinkError` naming the
-  peer, whatever that party was doing. A long computation on the other side is not silence (its I/O thread keeps
-  beating); a killed process, a cut cable or a stopped (``SIGSTOP``) peer is.
+* **Faults.** Idle links carry a heartbeat (sent by a background thread, which also writes what a sender could
+  not hand the kernel at once). A link that carries nothing, not even a heartbeat, for ``timeout`` seconds is
+  declared dead: a party waiting on it raises :class:`LinkError` naming the peer. A long computation on the other
+  side is not silence (its heartbeats go on); a killed process, a cut cable or a stopped (``SIGSTOP``) peer is.
+  Frames are read by the waiting thread, from every link, so two parties sending large tensors to each other at
+  once never deadlock (see :class:`Mesh`).
 * **Orderly end.** Each party sends a close frame and waits (briefly) for the peers' own, so that no message in
   flight is lost to a reset and an unexpected end is told apart from a finished session.
 """
