@@ -18,6 +18,9 @@ The comparison (:func:`check_windows`): for each window the same job runs once m
 wall time is set against the projection from the loopback run's compute, rounds and bytes (``projected_s``), the
 same with the bandwidth term on one direction's bytes (``projected_duplex_s``: both parties send at once in an
 opening, so half the bytes cross each way), and the projection from the shaped run's own compute.
+
+:class:`Hosts` builds the other layout the tests need: any number of hosts, each a namespace, on one switched LAN
+(a bridge in a namespace of its own), with a capture tap on each host's switch port and a cable to pull.
 """
 
 from __future__ import annotations
@@ -256,6 +259,96 @@ class ShapedLink:
             time.sleep(0.2)
 
 
+class Hosts:
+    """Hosts on one LAN, each a network namespace: a context manager that always removes them.
+
+    Every host gets ``eth0`` with ``10.78.0.<i+1>/24``, the peer end of a veth pair whose other end is a port of a
+    bridge in a namespace of its own (a switch): traffic between any two hosts crosses their two ports, where
+    :meth:`start_capture` taps it, and :meth:`cut` takes a host's link down as a pulled cable would.
+    """
+
+    PREFIX_ADDR = "10.78.0."
+
+    def __init__(self, names: Sequence[str]) -> None:
+        if len(set(names)) != len(names) or not 1 <= len(names) <= 200:
+            raise MpcgenError(f"hosts need 1 .. 200 distinct names, got {list(names)}")
+        tag = f"{os.getpid() % 100000}"
+        self.names = list(names)
+        self.switch = f"mpch{tag}w"
+        self.ns = {name: f"mpch{tag}h{i}" for i, name in enumerate(self.names)}
+        self.port = {name: f"mh{tag}p{i}" for i, name in enumerate(self.names)}
+        self.addr = {name: f"{self.PREFIX_ADDR}{i + 1}" for i, name in enumerate(self.names)}
+        self.ip = ""
+        self._made: list[str] = []
+        self._captures: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+    def __enter__(self) -> "Hosts":
+        if os.geteuid() != 0:
+            raise MpcgenError("hosts in network namespaces need root")
+        self.ip = _tool("ip")
+        try:
+            for ns in (self.switch, *self.ns.values()):
+                _sh(self.ip, "netns", "add", ns)
+                self._made.append(ns)
+                _sh(self.ip, "-n", ns, "link", "set", "lo", "up")
+            _sh(self.ip, "-n", self.switch, "link", "add", "br0", "type", "bridge")
+            _sh(self.ip, "-n", self.switch, "link", "set", "br0", "up")
+            for name in self.names:
+                _sh(self.ip, "-n", self.switch, "link", "add", self.port[name], "type", "veth", "peer", "name",
+                    "eth0", "netns", self.ns[name])
+                _sh(self.ip, "-n", self.switch, "link", "set", self.port[name], "master", "br0", "up")
+                _sh(self.ip, "-n", self.ns[name], "addr", "add", f"{self.addr[name]}/24", "dev", "eth0")
+                _sh(self.ip, "-n", self.ns[name], "link", "set", "eth0", "up")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def command(self, host: str, cmd: Sequence[str]) -> list[str]:
+        """``cmd`` run on ``host`` (inside its namespace)."""
+        return [self.ip, "netns", "exec", self.ns[host], *cmd]
+
+    def cut(self, host: str) -> None:
+        """Take ``host``'s link down at the switch: its packets go nowhere, and nothing reaches it."""
+        _sh(self.ip, "-n", self.switch, "link", "set", self.port[host], "down")
+
+    def start_capture(self, host: str, out: Path) -> None:
+        """Capture, at the switch port, every frame to and from ``host`` into ``out`` (:mod:`benchmark.capture`)."""
+        proc = subprocess.Popen([self.ip, "netns", "exec", self.switch, sys.executable, "-m", "benchmark.capture",
+                                 "--dev", self.port[host], "--out", str(out)], cwd=REPO_ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if proc.stdout.readline().strip() != "ready":
+            proc.wait(10)
+            raise MpcgenError(f"capture on {host}'s port did not start: {proc.stderr.read().strip()}")
+        self._captures[host] = (proc, out)
+
+    def stop_captures(self) -> dict[str, Path]:
+        """Stop every capture; the frame file of each captured host."""
+        done = {}
+        for host, (proc, out) in self._captures.items():
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            done[host] = out
+        self._captures.clear()
+        return done
+
+    def close(self) -> None:
+        """Stop the captures and delete the namespaces (their devices go with them); errors are logged."""
+        self.stop_captures()
+        while self._made:
+            ns = self._made.pop()
+            result = subprocess.run([self.ip or "ip", "netns", "del", ns], capture_output=True, text=True)
+            if result.returncode != 0:
+                logger.warning("netns: could not delete %s: %s", ns, result.stderr.strip())
+
+
 @contextlib.contextmanager
 def _terminate_as_exit() -> Iterator[None]:
     """SIGTERM raises SystemExit inside the block, so the namespaces are removed on the way out."""
@@ -329,4 +422,4 @@ def check_windows(spec: Any, config: Any, job: dict[str, Any], plan: Sequence[tu
     return out
 
 
-__all__ = ["ShapedLink", "check_windows", "compare"]
+__all__ = ["Hosts", "ShapedLink", "check_windows", "compare"]

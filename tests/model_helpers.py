@@ -1,8 +1,9 @@
-"""Tiny models shared by the model tests (vocab 99, d 32, 2 layers, 4 heads)."""
+"""Helpers shared by the tests: tiny models (vocab 99, d 32, 2 layers, 4 heads) and per-host party commands."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 import transformers as tf
@@ -110,3 +111,38 @@ def word_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    sep_token="<sep>", unk_token="<unk>")
+
+
+def party_cmd(job: str, role: str, rendezvous: str, certs: Path | None, *extra: str) -> list[str]:
+    """``python -m mpcgen.cli.party JOB`` for ``role`` (ttp provider), with the role's TLS files from ``certs``."""
+    import sys
+
+    cmd = [sys.executable, "-m", "mpcgen.cli.party", job, "--role", role, "--rendezvous", rendezvous,
+           "--provider", "ttp", *extra]
+    if certs is not None:
+        cmd += ["--tls-cert", str(certs / f"{role}.crt"), "--tls-key", str(certs / f"{role}.key"),
+                "--tls-ca", str(certs / "ca.crt")]
+    return cmd
+
+
+def seconds_since_log_line(log: str, marker: str) -> float:
+    """Seconds from the time stamp of ``log``'s first line holding ``marker`` (``setup_logging``'s format) to now:
+    a party's own clock for an interval, which process start-up on a loaded machine does not inflate."""
+    import time
+
+    stamp = next(line for line in log.splitlines() if marker in line)[:23]
+    return time.time() - time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) - float("0." + stamp[20:23])
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The processes of ``pids`` still running (zombies count as gone)."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out

@@ -8,7 +8,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,8 +16,9 @@ import psutil
 import pytest
 import torch
 
-from model_helpers import free_port, tiny_config
+from model_helpers import alive, free_port, party_cmd, seconds_since_log_line, tiny_config
 
+from benchmark.capture import tls_records
 from mpcgen.certs import main as certs_main
 from mpcgen.certs import party_files
 from mpcgen.errors import MpcgenError
@@ -77,17 +77,6 @@ def _product(rank: int) -> float:
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
-def _descendants_alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
 class _Tap:
     """A TCP relay between a party and the server that records every byte it passes (a wire tap)."""
 
@@ -131,27 +120,6 @@ def _wait_listening(proc: subprocess.Popen, port: int, timeout: float = 180.0) -
                   for c in psutil.Process(proc.pid).net_connections()):
         assert proc.poll() is None and time.monotonic() < deadline, "the server never listened"
         time.sleep(0.2)
-
-
-def _tls_records(stream: bytes) -> list[int]:
-    """Content types of the TLS records that make up ``stream``; raises if any byte is outside a record."""
-    types, i = [], 0
-    while i < len(stream):
-        kind, major, length = stream[i], stream[i + 1], int.from_bytes(stream[i + 3:i + 5])
-        if kind not in (20, 21, 22, 23) or major != 3 or length > (1 << 14) + 256:
-            raise ValueError(f"not a TLS record at byte {i}: {stream[i:i + 8].hex()}")
-        types.append(kind)
-        i += 5 + length
-    return types
-
-
-def _party_cmd(job: str, role: str, rendezvous: str, certs: Path | None, *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "mpcgen.cli.party", job, "--role", role, "--rendezvous", rendezvous,
-           "--provider", "ttp", *extra]
-    if certs is not None:
-        cmd += ["--tls-cert", str(certs / f"{role}.crt"), "--tls-key", str(certs / f"{role}.key"),
-                "--tls-ca", str(certs / "ca.crt")]
-    return cmd
 
 
 # -------------------------------------------------------------------------------------------------------- tests
@@ -213,9 +181,9 @@ def test_the_legitimate_parties_report_a_refused_impostor(certs: Path, other_ca:
     dealer comes it ends with the refusal in its error, as does the client it had admitted."""
     rendezvous = f"tcp://127.0.0.1:{free_port()}"
     extra = ("--connect-timeout", "8")
-    cmds = {"server": _party_cmd("forward", "server", rendezvous, certs, "--model", str(student), *extra),
-            "client": _party_cmd("forward", "client", rendezvous, certs, "--ids", "5,9", *extra),
-            "impostor": _party_cmd("forward", "dealer", rendezvous, other_ca, *extra)}
+    cmds = {"server": party_cmd("forward", "server", rendezvous, certs, "--model", str(student), *extra),
+            "client": party_cmd("forward", "client", rendezvous, certs, "--ids", "5,9", *extra),
+            "impostor": party_cmd("forward", "dealer", rendezvous, other_ca, *extra)}
     procs = {}
     for role, cmd in cmds.items():
         procs[role] = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -223,9 +191,7 @@ def test_the_legitimate_parties_report_a_refused_impostor(certs: Path, other_ca:
     try:
         _, impostor_err = procs["impostor"].communicate(timeout=60)
         # From its attempt to join (its log line; process start-up on a loaded machine is not the link's time).
-        joined_at = next(line for line in impostor_err.splitlines() if "joining at" in line)[:23]
-        impostor_s = time.time() - time.mktime(time.strptime(joined_at[:19], "%Y-%m-%d %H:%M:%S")) - \
-            float("0." + joined_at[20:23])
+        impostor_s = seconds_since_log_line(impostor_err, "joining at")
         errs = {role: procs[role].communicate(timeout=60)[1] for role in ("server", "client")}
     finally:
         for proc in procs.values():
@@ -247,9 +213,9 @@ def test_a_wire_tap_sees_only_tls_records_and_without_tls_it_sees_the_protocol(c
         port = free_port()
         tap = _Tap(port)
         folder = certs if use_tls else None
-        server = _party_cmd("forward", "server", f"tcp://127.0.0.1:{port}", folder, "--model", str(student))
-        dealer = _party_cmd("forward", "dealer", f"tcp://127.0.0.1:{port}", folder)
-        client = _party_cmd("forward", "client", f"tcp://127.0.0.1:{tap.port}", folder, "--ids", ids)
+        server = party_cmd("forward", "server", f"tcp://127.0.0.1:{port}", folder, "--model", str(student))
+        dealer = party_cmd("forward", "dealer", f"tcp://127.0.0.1:{port}", folder)
+        client = party_cmd("forward", "client", f"tcp://127.0.0.1:{tap.port}", folder, "--ids", ids)
         # Logs go to files: a party blocked on a full stderr pipe would stall the others.
         logs = [tmp_path / f"{name}-{use_tls}.log" for name in ("server", "dealer", "client")]
         files = [open(log, "w") for log in logs]
@@ -270,12 +236,12 @@ def test_a_wire_tap_sees_only_tls_records_and_without_tls_it_sees_the_protocol(c
         up, down = bytes(tap.data["up"]), bytes(tap.data["down"])
         assert len(up) > 1000 and len(down) > 1000  # the client's openings and the revealed logits went through
         if use_tls:
-            kinds = _tls_records(up) + _tls_records(down)
+            kinds = tls_records(up) + tls_records(down)
             assert kinds.count(23) > 10 and set(kinds) <= {20, 21, 22, 23}  # application data: encrypted
             assert b"rank" not in up and b"session" not in down  # not even the hello is readable
         else:
             with pytest.raises(ValueError):
-                _tls_records(down)
+                tls_records(down)
             assert b'"rank": 1' in up and b"session" in down  # a tap reads the plaintext protocol
 
 
@@ -283,9 +249,9 @@ def test_a_stopped_client_ends_every_other_party_within_the_timeout(certs: Path,
     port = free_port()
     rendezvous = f"tcp://127.0.0.1:{port}"
     extra = ("--timeout", "6", "--connect-timeout", "180")
-    cmds = {"server": _party_cmd("generate", "server", rendezvous, certs, "--model", str(student), *extra),
-            "dealer": _party_cmd("generate", "dealer", rendezvous, certs, *extra),
-            "client": _party_cmd("generate", "client", rendezvous, certs, "--prompt-ids", "PROMPTS",
+    cmds = {"server": party_cmd("generate", "server", rendezvous, certs, "--model", str(student), *extra),
+            "dealer": party_cmd("generate", "dealer", rendezvous, certs, *extra),
+            "client": party_cmd("generate", "client", rendezvous, certs, "--prompt-ids", "PROMPTS",
                                  "--max-new-tokens", "10", "--decoding", "tokens", "--no-progress", *extra)}
     prompts = Path(os.environ.get("TMPDIR", "/tmp")) / f"mpcgen-links-{os.getpid()}.json"
     prompts.write_text(json.dumps([([5, 9, 11, 3, 7] * 4)[:n] for n in range(2, 21)]))  # 19 batches
@@ -321,7 +287,7 @@ def test_a_stopped_client_ends_every_other_party_within_the_timeout(certs: Path,
                 proc.kill()
                 proc.wait(10)
         prompts.unlink(missing_ok=True)
-    assert _descendants_alive([p.pid for p in procs.values()]) == []
+    assert alive([p.pid for p in procs.values()]) == []
 
 
 def test_plaintext_links_to_another_host_need_insecure() -> None:
