@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             record["tokens_match"] = [r["all_tokens"] for r in results] == reference
             start, end = s.progress[0][0], s.progress[-1][0]
             warm_end = start + args.warmup * (end - start)
-            record.update(generation_s=end - start, warm_end_s=warm_end,
+            record.update(generation_start_s=start, generation_s=end - start, warm_end_s=warm_end,
                           per_token_s=(end - start) / max(1, s.progress[-1][1] - s.progress[0][1]),
                           parties={r: _summary(p, warm_end, end) for r, p in s.parties.items()})
             out["sessions"].append(record)

@@ -117,10 +117,12 @@ def _resend_norm(sargs: StudentArguments) -> str:
 
 
 def _init_from_teacher(student, sargs: StudentArguments, rows: list, collate) -> None:
-    """Start constant attention and affine norms from the teacher's statistics on the first training rows."""
+    """Start constant attention and affine norms from the teacher's statistics on the first training rows, and keep
+    2Quad-lite's reciprocal in its range there."""
     constant = sargs.constant_init == "teacher" and D.has_constant_attention(student)
     norms = sargs.norm_init == "teacher" and student.config.norm in ("affine", "centered")
-    if not (constant or norms):
+    lite = any(getattr(m, "kind", None) == "2quad-lite" for m in student.modules())
+    if not (constant or norms or lite):
         return
     hf = D.load_hf_teacher(sargs.teacher)
     rows = rows[: sargs.teacher_init_examples]
@@ -131,6 +133,10 @@ def _init_from_teacher(student, sargs: StudentArguments, rows: list, collate) ->
     if norms:
         logger.info("%d %s norms calibrated to the teacher's norm input statistics over %d examples",
                     D.init_affine_norms(student, stats), student.config.norm, len(rows))
+    if lite:  # after the norms: the attention inputs are what the calibrated student computes
+        factors = D.calibrate_lite_attention(student, [collate(rows[i:i + 32]) for i in range(0, len(rows), 32)])
+        logger.info("2quad-lite: query projections scaled to keep the reciprocal in range over %d examples: %s",
+                    len(rows), ", ".join(f"{n} x{f:.3g}" for n, f in factors.items()))
 
 
 

@@ -126,22 +126,42 @@ def masked_softmax(scores: Tensor, mask: torch.Tensor | None, dim: int = -1) -> 
     return normalise(e, mask, dim=dim)
 
 
-def normalise(e: Tensor, mask: torch.Tensor | None, dim: int = -1, eps: float = 0.0, scale: float = 1.0) -> Tensor:
+def normalise(e: Tensor, mask: torch.Tensor | None, dim: int = -1, eps: float = 0.0, scale: float = 1.0,
+              reciprocal: Any = None, min_count: int = 1) -> Tensor:
     """``e / (sum(e) + eps)`` along ``dim``, computed as ``(e / (n s)) * reciprocal((sum(e) + eps) / (n s))``.
 
-    ``n`` is the public number of unmasked entries per row and ``s`` a public typical size of ``e``. Mathematically a
-    no-op, but it keeps the argument of CrypTen's reciprocal near 1, where its Newton iteration is accurate (0.1% on
-    [0.05, 10], 3% at 50, divergent above ~650), instead of growing with the sequence length.
+    ``n`` is the public number of unmasked entries per row (at least ``min_count``) and ``s`` a public typical size
+    of ``e``. Mathematically a no-op, but it keeps the argument of the reciprocal near 1 instead of growing with the
+    sequence length: CrypTen's Newton iteration (the default) is accurate there (0.1% on [0.05, 10], 3% at 50,
+    divergent above ~650), and a cheaper ``reciprocal`` (e.g. :func:`range_reciprocal`) can be used on a known range.
     """
     size = e.size(dim)
     if mask is None:
-        inv_n: Any = 1.0 / (size * scale)
+        inv_n: Any = 1.0 / (max(size, min_count) * scale)
     else:
-        inv_n = (mask.to(torch.float32).sum(dim=dim, keepdim=True).clamp(min=1.0) * scale).reciprocal()
+        dtype = e.dtype if isinstance(e, torch.Tensor) else torch.float32  # a public scale for a secret e
+        inv_n = (mask.to(dtype).sum(dim=dim, keepdim=True).clamp(min=float(min_count)) * scale).reciprocal()
     total = e.sum(dim=dim, keepdim=True)
     if eps:
         total = total + eps
-    return (e * inv_n) * (total * inv_n).reciprocal()
+    argument = total * inv_n
+    return (e * inv_n) * (argument.reciprocal() if reciprocal is None else reciprocal(argument))
+
+
+def range_reciprocal(a: Tensor, lo: float, hi: float, steps: int) -> Tensor:
+    """``1 / a`` for ``a`` in ``[lo, hi]``: ``steps`` Newton steps ``y <- y (2 - a y)`` from a public linear start.
+
+    The start ``y0 = beta (lo + hi - a)`` with ``beta = 3.8 / (lo + hi)^2`` costs no communication and keeps ``a y0``
+    in ``[3.8 lo hi / (lo + hi)^2, 0.95 * 2)`` on the range, so each step (2 secret products) squares the relative
+    error ``1 - a y``: ``|1 - a y_k| <= (1 - 3.8 lo hi / (lo + hi)^2)^(2^k)``. It converges for every
+    ``0 < a < lo + hi`` and diverges beyond: the caller must keep its argument there (2Quad-lite's public row scale).
+    The same formula runs in plaintext, so training sees exactly what private inference computes.
+    """
+    beta = 3.8 / (lo + hi) ** 2
+    y = a * -beta + beta * (lo + hi)
+    for _ in range(steps):
+        y = y * (a * y * -1.0 + 2.0)
+    return y
 
 
 def apply_mask(x: Tensor, mask: torch.Tensor | None) -> Tensor:

@@ -44,6 +44,13 @@ def _ref_two_quad(s, m):
     return [(x + 5) ** 2 / z if k else 0.0 for x, k in zip(s, m)]
 
 
+def _ref_two_quad_lite(s, m):
+    n = max(sum(m), approx.TWO_QUAD_LITE_MIN_KEYS) * 25.0
+    z = (sum((x + 5) ** 2 for x, k in zip(s, m) if k) + approx.TWO_QUAD_EPS) / n
+    r = 1.0 / z * (1 - (1 - z * 3.8 * (8.25 - z) / 8.25 ** 2) ** 32)  # 5 Newton steps from the linear start
+    return [(x + 5) ** 2 / n * r if k else 0.0 for x, k in zip(s, m)]
+
+
 def _ref_two_relu(s, m):
     z = sum(max(x, 0) for x, k in zip(s, m) if k) + approx.TWO_RELU_EPS
     return [max(x, 0) / z if k else 0.0 for x, k in zip(s, m)]
@@ -55,7 +62,7 @@ def _ref_constant(s, m):
 
 
 @pytest.mark.parametrize("name,ref", [("softmax", _ref_softmax), ("2quad", _ref_two_quad), ("2relu", _ref_two_relu),
-                                      ("constant", _ref_constant)])
+                                      ("2quad-lite", _ref_two_quad_lite), ("constant", _ref_constant)])
 def test_attention_formula(name, ref):
     got = approx.ATTENTIONS[name](torch.tensor(SCORES, dtype=torch.float64), torch.tensor(MASK, dtype=torch.float64))
     torch.testing.assert_close(got, _rows(ref), atol=1e-9, rtol=0)
@@ -65,6 +72,36 @@ def test_two_quad_row_at_minus_c_is_finite():
     # bfloat16 training rounds a lone visible score to exactly -c: 0 / 0 without the floor.
     got = approx.ATTENTIONS["2quad"](torch.tensor([[-5.0, 3.0]]), torch.tensor([[1.0, 0.0]]))
     assert torch.isfinite(got).all() and got.abs().max() == 0
+
+
+def test_range_reciprocal_meets_its_bound_and_converges_up_to_lo_plus_hi():
+    lo, hi = approx.TWO_QUAD_LITE_RANGE
+    a = torch.linspace(lo, hi, 4001, dtype=torch.float64)
+    err = (1 - a * ops.range_reciprocal(a, lo, hi, 5)).abs()
+    assert err.max() <= (1 - 3.8 * lo * hi / (lo + hi) ** 2) ** 32 + 1e-12 and err.max() < 0.023
+    inside = a[(a >= 0.5) & (a <= 5)]
+    assert (1 - inside * ops.range_reciprocal(inside, lo, hi, 5)).abs().max() < 1e-3
+    beyond = torch.tensor([0.02, 8.2], dtype=torch.float64)  # still convergent: error shrinks with more steps
+    errs = [(1 - beyond * ops.range_reciprocal(beyond, lo, hi, k)).abs() for k in (5, 9)]
+    assert (errs[1] < errs[0]).all()
+    assert ops.range_reciprocal(torch.tensor([9.0]), lo, hi, 5).item() < 0  # past lo + hi it diverges
+
+
+def test_two_quad_lite_rows_sum_to_one_where_its_argument_is_in_range():
+    torch.manual_seed(0)
+    s = torch.randn(4, 3, 12, 12, dtype=torch.float64) * 2
+    mask = torch.tril(torch.ones(12, 12, dtype=torch.float64))
+    p = approx.ATTENTIONS["2quad-lite"](s, mask)
+    assert (p * (1 - mask)).abs().max() == 0
+    n = mask.sum(-1).clamp(min=approx.TWO_QUAD_LITE_MIN_KEYS) * 25.0
+    a = (((s + 5) ** 2 * mask).sum(-1) + approx.TWO_QUAD_EPS) / n
+    inside = (a >= 0.25) & (a <= 8.0)
+    assert inside.float().mean() > 0.8
+    torch.testing.assert_close(p.sum(-1)[inside], torch.ones(int(inside.sum()), dtype=torch.float64), atol=0.023,
+                               rtol=0)
+    # Below the range (short rows, scores near -c) rows fall short of 1: the student trains with the same function.
+    assert (p.sum(-1)[~inside] < 1.0).all()
+    torch.testing.assert_close(p[inside], approx.ATTENTIONS["2quad"](s, mask)[inside], atol=0.023, rtol=0)
 
 
 def test_constant_rows_do_not_renormalise():
@@ -156,7 +193,7 @@ def test_ops_plain_and_secret(crypten):
     torch.testing.assert_close(ops.erf(crypten.cryptensor(xs)).get_plain_text(), ops.erf(xs), atol=2e-2, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["softmax", "2quad", "2relu", "thex", "constant"])
+@pytest.mark.parametrize("name", ["softmax", "2quad", "2quad-lite", "2relu", "thex", "constant"])
 def test_normalisers_secret_match_plain(crypten, name):
     torch.manual_seed(1)
     s = torch.randn(2, 2, 5, 5) * 2

@@ -79,7 +79,7 @@ def distil(capsys, teacher: Path, out: Path, preset: str, *extra: str) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("preset", ["merge", "mpcformer", "mpcformer-2relu", "thex", "merge-er-only",
+@pytest.mark.parametrize("preset", ["merge", "mpcformer", "mpcformer-2relu", "thex", "lite", "merge-er-only",
                                     "merge-mm-only"])
 def test_each_preset_distils_and_objective_falls(capsys, tmp_path, teacher, preset):
     summary = distil(capsys, teacher, tmp_path, preset, "--max-steps", "8", "--eval-every", "8")
@@ -327,3 +327,41 @@ def test_encdec_layout_and_hidden_layers(encdec_teachers, tokenizer):
     no_start = dataclasses.replace(student.config, decoder_start_token_id=None)
     with pytest.raises(MpcgenError, match="no decoder_start_token_id"):
         D.layout(no_start, batch)
+
+
+def test_every_preset_has_its_distillation_losses():
+    from mpcgen.distill.objective import PRESET_LOSSES
+    from mpcgen.models import PRESETS
+
+    assert set(PRESET_LOSSES) == set(PRESETS)
+
+
+def test_lite_calibration_keeps_the_reciprocal_in_range(tokenizer, teacher, data_dir):
+    from mpcgen import train as T
+    from mpcgen.distill.stats import _lite_arguments
+
+    student = D.build_student(teacher, "lite").eval()
+    attn = student.stack.blocks[0].attn
+    with torch.no_grad():  # a teacher with large scores: a far past the range where the Newton steps converge
+        attn.q.weight.normal_(0.0, 1.0)
+        attn.k.weight.normal_(0.0, 1.0)
+        student.wte.weight.mul_(100.0)
+    examples = load_examples("e2e", "train", data_dir)[:16]
+    rows = T.encode_examples(tokenizer, examples, is_encoder_decoder=False, max_length=64)
+    batches = [T.Collator(tokenizer.pad_token_id)(rows[i:i + 8]) for i in (0, 8)]
+
+    def peak() -> float:
+        seen = []
+        handle = attn.core.register_forward_hook(
+            lambda core, args, kwargs, out: seen.append(_lite_arguments(core, args, kwargs)), with_kwargs=True)
+        with torch.no_grad():
+            for b in batches:
+                lay = D.layout(student.config, b)
+                D.forward_layout(student, lay, D.token_embeddings(student, lay.ids))
+        handle.remove()
+        return max(float(a.max()) for a in seen)
+
+    assert peak() > 8.25
+    factors = D.calibrate_lite_attention(student, batches, target=4.0)
+    assert 0 < factors["stack.blocks.0.attn"] < 1 and factors["stack.blocks.1.attn"] == 1.0
+    assert 2.0 < peak() <= 4.0  # shrunk to the target, not to uniform attention

@@ -16,7 +16,7 @@ from mpcgen.models.layers import AttentionCore
 from model_helpers import inputs, randomise, secret_inputs, tiny_config, tiny_hf
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
-KINDS = ["softmax", "2quad", "2relu", "thex", "constant"]
+KINDS = ["softmax", "2quad", "2quad-lite", "2relu", "thex", "constant"]
 
 
 def batch(t: int = 7):

@@ -13,7 +13,7 @@ import torch
 
 from mpcgen.errors import MpcgenError
 from mpcgen.mpc.compat import crypten
-from mpcgen.mpc.launch import init_party, run_parties
+from mpcgen.mpc.launch import check_rendezvous, init_party, run_parties
 from mpcgen.mpc.roles import PROVIDERS
 
 # ------------------------------------------------------------------------------------- party functions (importable)
@@ -138,3 +138,19 @@ def test_a_port_in_use_is_a_clear_error() -> None:
         with pytest.raises(MpcgenError, match=f"port {port} on 127.0.0.1 is in use"):
             init_party("server", 0, 2, f"tcp://127.0.0.1:{port}", "ttp")
     assert not crypten.is_initialized()
+
+
+def test_a_port_left_in_time_wait_by_the_last_session_is_free() -> None:
+    """The server of the last session closed its links first: their sockets wait in TIME_WAIT on its port, and the
+    next session on that port (a benchmark's next run) must start."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        peer = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the active close: TIME_WAIT on the server's side
+        peer.close()
+    time.sleep(0.2)
+    check_rendezvous(f"tcp://127.0.0.1:{port}")

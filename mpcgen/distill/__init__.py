@@ -29,6 +29,7 @@ from mpcgen.distill.stats import (
     MIN_MEAN_ATTENTION,
     MeanAttention,
     TeacherStats,
+    calibrate_lite_attention,
     constant_logits_from_mean,
     init_affine_norms,
     init_constant_attention,
@@ -50,7 +51,8 @@ from mpcgen.distill.student import (
 )
 
 __all__ = ["Distiller", "Layout", "LossWeights", "MASKED_LOGIT", "MIN_MEAN_ATTENTION", "MeanAttention",
-           "PRESET_LOSSES", "TeacherStats", "attention_layers", "build_student", "constant_logits_from_mean",
+           "PRESET_LOSSES", "TeacherStats", "attention_layers", "build_student", "calibrate_lite_attention",
+           "constant_logits_from_mean",
            "decoder_layer_count", "embedding_rms", "forward_layout", "has_constant_attention", "init_affine_norms",
            "init_constant_attention", "layout", "load_hf_teacher", "load_student", "loss_weights", "norm_pairs",
            "param_groups", "read_teacher", "teacher_name_map", "teacher_statistics", "token_embeddings",

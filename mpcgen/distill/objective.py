@@ -77,6 +77,7 @@ PRESET_LOSSES: dict[str, dict[str, Any]] = {
     "mpcformer": dict(ce=0.0, kl=1.0, hidden=1.0),
     "mpcformer-2relu": dict(ce=0.0, kl=1.0, hidden=1.0),
     "thex": dict(ce=0.0, kl=1.0, hidden=1.0),
+    "lite": dict(ce=0.0, kl=1.0, hidden=1.0),
     "merge": _ER,
     "merge-er-only": _ER,
     "merge-mm-only": dict(ce=1.0),

@@ -2,7 +2,8 @@
 
 :func:`teacher_statistics` runs the Hugging Face teacher on real training batches; :func:`init_constant_attention`
 starts constant attention (decoder self-, encoder self- and cross-attention) from its mean attention maps and
-:func:`init_affine_norms` calibrates affine norms to the norms they replace (LayerNorm; T5's RMSNorm).
+:func:`init_affine_norms` calibrates affine norms to the norms they replace (LayerNorm; T5's RMSNorm), and
+:func:`calibrate_lite_attention` keeps 2Quad-lite's reciprocal inside its range on real batches.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpcgen import approx
 from mpcgen.distill.objective import Layout, layout
 from mpcgen.errors import MpcgenError
 from mpcgen.models import hf as hf_import
@@ -216,3 +218,63 @@ def init_constant_attention(student: nn.Module, stats: TeacherStats) -> int:
 
 __all__ = ["MASKED_LOGIT", "MIN_MEAN_ATTENTION", "MeanAttention", "TeacherStats", "constant_logits_from_mean",
            "init_affine_norms", "init_constant_attention", "norm_pairs", "teacher_name_map", "teacher_statistics"]
+
+
+def _lite_arguments(core: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The argument ``a`` of 2Quad-lite's reciprocal in every row with a visible key (from the core's inputs)."""
+    q, k = args[0], args[1]
+    mask = args[3] if len(args) > 3 else kwargs.get("mask")
+    bias = args[4] if len(args) > 4 else kwargs.get("bias")
+    scores = q.matmul(k.transpose(-2, -1)) * core.scale
+    if bias is not None:
+        scores = scores + bias
+    visible = torch.ones_like(scores) if mask is None else mask.to(scores.dtype).expand_as(scores)
+    count = visible.sum(-1)
+    total = ((scores + approx.TWO_QUAD_C).square() * visible).sum(-1) + approx.TWO_QUAD_EPS
+    a = total / (count.clamp(min=approx.TWO_QUAD_LITE_MIN_KEYS) * approx.TWO_QUAD_C ** 2)
+    return a[count > 0]
+
+
+def calibrate_lite_attention(student: nn.Module, batches: list[dict[str, torch.Tensor]], *,
+                             target: float = 4.0, shrink: float = 0.85, max_tries: int = 40) -> dict[str, float]:
+    """Keep 2Quad-lite's reciprocal inside its range on real batches: attention by attention, in the order the
+    data reaches them, scale the query projection by ``shrink`` until the largest argument ``a`` seen is at most
+    ``target`` (half the limit ``lo + hi`` past which the Newton steps diverge).
+
+    A teacher's scores can be large (a GPT-2 trained here reaches 54 in layer 1, where 2Quad-lite's ``a`` would pass
+    the limit on short rows); scaling ``q`` only softens the attention, which distillation then sharpens from a
+    point where the student's forward is finite. Returns, per attention, the factor its ``q`` was scaled by.
+    """
+    from mpcgen.distill.objective import forward_layout
+    from mpcgen.distill.student import token_embeddings
+    from mpcgen.models.layers import MultiHeadAttention
+
+    lites = [(name, m) for name, m in student.named_modules()
+             if isinstance(m, MultiHeadAttention) and m.core.kind == "2quad-lite"]
+    lays = [layout(student.config, b) for b in batches]
+    factors: dict[str, float] = {}
+    seen: list[torch.Tensor] = []
+    for name, attention in lites:
+        handle = attention.core.register_forward_hook(
+            lambda core, args, kwargs, out: seen.append(_lite_arguments(core, args, kwargs)), with_kwargs=True)
+        factor = 1.0
+        try:
+            for _ in range(max_tries):
+                seen.clear()
+                with torch.no_grad():
+                    for lay in lays:
+                        forward_layout(student, lay, token_embeddings(student, lay.ids))
+                peak = max(float(a.max()) for a in seen if a.numel()) if any(a.numel() for a in seen) else 0.0
+                if peak <= target:
+                    break
+                with torch.no_grad():
+                    attention.q.weight.mul_(shrink)
+                    if attention.q.bias is not None:
+                        attention.q.bias.mul_(shrink)
+                factor *= shrink
+            else:
+                raise MpcgenError(f"{name}: 2quad-lite's argument stays above {target} after scaling q by {factor:.2e}")
+        finally:
+            handle.remove()
+        factors[name] = factor
+    return factors

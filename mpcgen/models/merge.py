@@ -117,9 +117,8 @@ def _fold_attention(out: dict, sd: dict, prefix: str, src: MultiHeadAttention, d
                     norm: tuple | None, *, query_only: bool) -> None:
     if not src.constant:
         _fold_linear(out, sd, f"{prefix}.q", norm)
-        if not query_only:
-            for name in ("k", "v"):
-                _fold_linear(out, sd, f"{prefix}.{name}", norm)
+        for name in ("k", "v"):  # cross-attention K/V read the encoder output: nothing folds, but the bias exists
+            _fold_linear(out, sd, f"{prefix}.{name}", None if query_only else norm)
         return
     if not dst.merged:
         if not query_only:

@@ -78,8 +78,11 @@ def _check_rendezvous(rendezvous: str, rank: int) -> None:
         raise MpcgenError(f"rendezvous {rendezvous!r}: give both host and port, e.g. tcp://127.0.0.1:29500")
     if rank != SERVER:
         return  # only rank 0 hosts torch.distributed's TCP store; the others connect to it
-    # Bind-test the port so that "in use" is a one-line error here rather than a C++ exception in the store.
+    # Bind-test the port so that "in use" is a one-line error before any process starts. The same options as the
+    # real listener (mpcgen.mpc.joining): without SO_REUSEADDR the last session's TIME_WAIT sockets would read as
+    # "in use" although the listener could bind.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("" if host in ("0.0.0.0", "*") else host, port))
         except OSError as err:
