@@ -2,11 +2,12 @@
 # Sets up .venv (scripts/setup.sh) and runs the main job end to end on real E2E data, small enough for a laptop CPU:
 #   1. fine-tune a small GPT-2-architecture teacher from scratch (BPE tokenizer trained on the E2E training split);
 #   2. evaluate it on E2E test meaning representations (BLEU, NIST, ROUGE-L, chrF++, slot error rate);
-#   3. distil it into an MPC-friendly MERGE student (constant attention, quadratic activations, merged linear ops,
-#      Embedding Resending) and evaluate the student with the decoding it uses privately;
+#   3. distil it into an MPC-friendly `lite` student (quadratic activations, centred affine norms folded into the
+#      linears, 2Quad attention with a cheap Newton reciprocal: content-aware, so it copies the restaurant's name)
+#      and evaluate it the way it decodes privately;
 #   4. generate text privately for 3 E2E test MRs: the student's weights (server) and the MRs (client) stay secret,
-#      two-party CrypTen on local processes; prints the teacher's plaintext text, then each private text (client-side
-#      token choice, Embedding Resending, secure-argmax tokens) with its time, rounds and bytes per token.
+#      two-party CrypTen on local processes; prints the teacher's plaintext text, then the private text (client-side
+#      token choice, then secure-argmax tokens) with its time, rounds and bytes per token.
 # Data: --data-dir / $MPCGEN_DATA_DIR, else ../shared/data beside the repository.
 # Usage: scripts/demo.sh [--out DIR] [--steps N] [--distill-steps N] [--limit N]
 set -euo pipefail
@@ -40,11 +41,11 @@ echo "== stage 1: fine-tune a small GPT-2 teacher on E2E ($steps steps)"
 $py -m nlg.finetune --task e2e --model gpt2 --init scratch --size tiny --max-steps "$steps" --out "$out/teacher"
 echo "== stage 1: evaluate it on $limit E2E test MRs"
 $py -m nlg.evaluate --ckpt "$out/teacher" --split test --limit "$limit"
-echo "== stage 2: distil the teacher into a MERGE student ($distill_steps steps)"
-$py -m distill.run --teacher "$out/teacher" --preset merge --max-steps "$distill_steps" --eval-every 100 \
-    --limit-val 200 --resume no --out "$out/merge"
-echo "== stage 2: evaluate the student on $limit E2E test MRs (ER rollout, as it decodes privately)"
-$py -m nlg.evaluate --ckpt "$out/merge" --split test --limit "$limit"
+echo "== stage 2: distil the teacher into a lite student ($distill_steps steps)"
+$py -m distill.run --teacher "$out/teacher" --preset lite --max-steps "$distill_steps" --eval-every 100 \
+    --limit-val 200 --resume no --out "$out/lite"
+echo "== stage 2: evaluate the student on $limit E2E test MRs (greedy, as it decodes privately)"
+$py -m nlg.evaluate --ckpt "$out/lite" --split test --limit "$limit"
 echo "== private generation: 3 E2E test MRs, server (student weights) and client (MRs) as separate processes"
 $py - "$out/prompts.txt" <<'PY'
 import sys
@@ -55,13 +56,10 @@ PY
 echo "-- the teacher in plaintext (the reference the private texts are compared with)"
 $py -m mpcgen.generate --model "$out/teacher" --input-file "$out/prompts.txt" --max-new-tokens 24 --plaintext \
     --decoding client --no-progress
-echo "-- client-side token choice (the client sees each step's logits and picks the token; a few rounds per token)"
-$py -m mpcgen.generate --model "$out/merge" --input-file "$out/prompts.txt" --max-new-tokens 24 --provider ttp \
+echo "-- the student privately, client-side token choice (the client sees each step's logits and picks the token)"
+$py -m mpcgen.generate --model "$out/lite" --input-file "$out/prompts.txt" --max-new-tokens 24 --provider ttp \
     --weights private --decoding client
-echo "-- Embedding Resending (MERGE's decoding: no token lookup or argmax under MPC; a demo-sized student's ER"
-echo "   rollout still repeats itself, see docs/results.md)"
-$py -m mpcgen.generate --model "$out/merge" --input-file "$out/prompts.txt" --max-new-tokens 24 --provider ttp \
-    --weights private --decoding er
-echo "-- the same student with token decoding (secure argmax + one-hot lookup each step: more rounds per token)"
-$py -m mpcgen.generate --model "$out/merge" --input-file "$out/prompts.txt" --max-new-tokens 24 --provider ttp \
+echo "-- the same student with token decoding (secure argmax + one-hot lookup each step: the client learns only the"
+echo "   tokens, for more rounds per token)"
+$py -m mpcgen.generate --model "$out/lite" --input-file "$out/prompts.txt" --max-new-tokens 24 --provider ttp \
     --weights private --decoding tokens

@@ -202,9 +202,9 @@ def test_evaluate_cli_scores_a_student(capsys, tmp_path, teacher):
 
 
 @pytest.mark.parametrize("family", ["t5", "bart"])
-@pytest.mark.parametrize("preset", ["merge", "mpcformer"])
+@pytest.mark.parametrize("preset", ["merge", "mpcformer", "lite"])
 def test_encdec_distils_reloads_and_evaluates(capsys, tmp_path, encdec_teachers, family, preset):
-    """A constant-attention ER preset and a 2quad preset per family: the objective falls, the student reloads
+    """A constant-attention ER preset and two 2quad presets per family: the objective falls, the student reloads
     bit-exactly as saved, another preset is refused, and nlg.evaluate decodes it (ER rollout / token re-embedding)."""
     summary = distil(capsys, encdec_teachers[family], tmp_path, preset, "--max-steps", "8", "--eval-every", "8")
     assert summary["step"] == 8 and summary["best_val_loss"] < summary["initial_val_loss"]
