@@ -113,6 +113,23 @@ def word_tokenizer():
                                    sep_token="<sep>", unk_token="<unk>")
 
 
+def new_ca(folder: Path) -> Path:
+    """A deployment's CA and per-party certificates in ``folder`` (``python -m mpcgen.certs init``)."""
+    from mpcgen.certs import main as certs_main
+
+    assert certs_main(["init", "--out", str(folder)]) == 0
+    return folder
+
+
+def tiny_student(folder: Path, preset: str, *, seed: int, n_positions: int) -> Path:
+    """A random tiny GPT-2 student of ``preset`` saved in ``folder`` (a per-host party's ``--model``)."""
+    from mpcgen.models import build_model, save_pretrained
+
+    torch.manual_seed(seed)
+    save_pretrained(build_model(tiny_config("gpt2", preset=preset, n_positions=n_positions)), folder)
+    return folder
+
+
 def party_cmd(job: str, role: str, rendezvous: str, certs: Path | None, *extra: str) -> list[str]:
     """``python -m mpcgen.cli.party JOB`` for ``role`` (ttp provider), with the role's TLS files from ``certs``."""
     import sys

@@ -16,14 +16,13 @@ import psutil
 import pytest
 import torch
 
-from model_helpers import alive, free_port, party_cmd, seconds_since_log_line, tiny_config
+from model_helpers import alive, free_port, new_ca, party_cmd, seconds_since_log_line, tiny_student
 
 from benchmark.capture import tls_records
 from mpcgen.certs import main as certs_main
 from mpcgen.certs import party_files
 from mpcgen.errors import MpcgenError
 from mpcgen.generation import generate_plain, generate_private
-from mpcgen.models import build_model, save_pretrained
 from mpcgen.mpc.compat import crypten
 from mpcgen.mpc.launch import run_parties
 
@@ -40,17 +39,12 @@ def certs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def other_ca(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("other-ca")
-    assert certs_main(["init", "--out", str(folder)]) == 0
-    return folder
+    return new_ca(tmp_path_factory.mktemp("other-ca"))
 
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory) -> Path:
-    torch.manual_seed(5)
-    folder = tmp_path_factory.mktemp("student") / "merge"
-    save_pretrained(build_model(tiny_config("gpt2", preset="merge", n_positions=32)), folder)
-    return folder
+    return tiny_student(tmp_path_factory.mktemp("student") / "merge", "merge", seed=5, n_positions=32)
 
 
 # ------------------------------------------------------------------------------------ party functions (importable)

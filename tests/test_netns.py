@@ -11,15 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from model_helpers import alive, party_cmd, seconds_since_log_line, tiny_config
+from model_helpers import alive, new_ca, party_cmd, seconds_since_log_line, tiny_student
 
 from benchmark.capture import frames, tcp_streams, tls_records
 from benchmark.netns import Hosts
-from mpcgen.certs import main as certs_main
 from mpcgen.generation import generate_plain, generate_private
-from mpcgen.models import build_model, save_pretrained
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin") is None,
                                 reason="network namespaces need root and iproute2")
@@ -33,17 +30,12 @@ PROMPTS = [[5, 9, 11, 3], [7, 7, 2, 40, 6]]
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("certs")
-    assert certs_main(["init", "--out", str(folder)]) == 0
-    return folder
+    return new_ca(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory) -> Path:
-    torch.manual_seed(7)
-    folder = tmp_path_factory.mktemp("student") / "mpcformer"
-    save_pretrained(build_model(tiny_config("gpt2", preset="mpcformer", n_positions=64)), folder)
-    return folder
+    return tiny_student(tmp_path_factory.mktemp("student") / "mpcformer", "mpcformer", seed=7, n_positions=64)
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +123,7 @@ def test_three_hosts_generate_what_a_local_run_does_and_a_tap_sees_only_tls(secu
 
 def test_an_impostor_on_the_lan_is_refused_within_10_s_and_the_parties_say_so(certs: Path, student: Path,
                                                                                tmp_path: Path) -> None:
-    other = tmp_path / "other-ca"
-    assert certs_main(["init", "--out", str(other)]) == 0
+    other = new_ca(tmp_path / "other-ca")
     with Hosts(ROLES) as hosts:
         rendezvous = f"tcp://{hosts.addr['server']}:{PORT}"
         extra = ("--connect-timeout", "8")
