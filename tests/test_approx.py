@@ -47,7 +47,9 @@ def _ref_two_quad(s, m):
 def _ref_two_quad_lite(s, m):
     n = max(sum(m), approx.TWO_QUAD_LITE_MIN_KEYS) * 25.0
     z = (sum((x + 5) ** 2 for x, k in zip(s, m) if k) + approx.TWO_QUAD_EPS) / n
-    r = 1.0 / z * (1 - (1 - z * 3.8 * (8.25 - z) / 8.25 ** 2) ** 32)  # 5 Newton steps from the linear start
+    lo, hi = approx.TWO_QUAD_LITE_RANGE
+    start = z * 3.8 * (lo + hi - z) / (lo + hi) ** 2  # a y0
+    r = 1.0 / z * (1 - (1 - start) ** (2 ** approx.TWO_QUAD_LITE_STEPS))  # Newton squares the error
     return [(x + 5) ** 2 / n * r if k else 0.0 for x, k in zip(s, m)]
 
 
@@ -76,15 +78,16 @@ def test_two_quad_row_at_minus_c_is_finite():
 
 def test_range_reciprocal_meets_its_bound_and_converges_up_to_lo_plus_hi():
     lo, hi = approx.TWO_QUAD_LITE_RANGE
-    a = torch.linspace(lo, hi, 4001, dtype=torch.float64)
-    err = (1 - a * ops.range_reciprocal(a, lo, hi, 5)).abs()
-    assert err.max() <= (1 - 3.8 * lo * hi / (lo + hi) ** 2) ** 32 + 1e-12 and err.max() < 0.023
+    steps = approx.TWO_QUAD_LITE_STEPS
+    a = torch.linspace(lo, hi, 8001, dtype=torch.float64)
+    err = (1 - a * ops.range_reciprocal(a, lo, hi, steps)).abs()
+    assert err.max() <= (1 - 3.8 * lo * hi / (lo + hi) ** 2) ** (2 ** steps) + 1e-12 and err.max() < 0.023
     inside = a[(a >= 0.5) & (a <= 5)]
-    assert (1 - inside * ops.range_reciprocal(inside, lo, hi, 5)).abs().max() < 1e-3
-    beyond = torch.tensor([0.02, 8.2], dtype=torch.float64)  # still convergent: error shrinks with more steps
-    errs = [(1 - beyond * ops.range_reciprocal(beyond, lo, hi, k)).abs() for k in (5, 9)]
+    assert (1 - inside * ops.range_reciprocal(inside, lo, hi, steps)).abs().max() < 1e-3
+    beyond = torch.tensor([0.02, lo + hi - 0.05], dtype=torch.float64)  # still convergent: more steps, less error
+    errs = [(1 - beyond * ops.range_reciprocal(beyond, lo, hi, k)).abs() for k in (steps, steps + 4)]
     assert (errs[1] < errs[0]).all()
-    assert ops.range_reciprocal(torch.tensor([9.0]), lo, hi, 5).item() < 0  # past lo + hi it diverges
+    assert ops.range_reciprocal(torch.tensor([lo + hi + 1.0]), lo, hi, steps).item() < 0  # past lo + hi: diverges
 
 
 def test_two_quad_lite_rows_sum_to_one_where_its_argument_is_in_range():
@@ -95,7 +98,7 @@ def test_two_quad_lite_rows_sum_to_one_where_its_argument_is_in_range():
     assert (p * (1 - mask)).abs().max() == 0
     n = mask.sum(-1).clamp(min=approx.TWO_QUAD_LITE_MIN_KEYS) * 25.0
     a = (((s + 5) ** 2 * mask).sum(-1) + approx.TWO_QUAD_EPS) / n
-    inside = (a >= 0.25) & (a <= 8.0)
+    inside = (a >= approx.TWO_QUAD_LITE_RANGE[0]) & (a <= approx.TWO_QUAD_LITE_RANGE[1])
     assert inside.float().mean() > 0.8
     torch.testing.assert_close(p.sum(-1)[inside], torch.ones(int(inside.sum()), dtype=torch.float64), atol=0.023,
                                rtol=0)

@@ -338,7 +338,7 @@ def test_every_preset_has_its_distillation_losses():
 
 def test_lite_calibration_keeps_the_reciprocal_in_range(tokenizer, teacher, data_dir):
     from mpcgen import train as T
-    from mpcgen.distill.stats import _lite_arguments
+    from mpcgen.distill.objective import lite_arguments
 
     student = D.build_student(teacher, "lite").eval()
     attn = student.stack.blocks[0].attn
@@ -353,7 +353,7 @@ def test_lite_calibration_keeps_the_reciprocal_in_range(tokenizer, teacher, data
     def peak() -> float:
         seen = []
         handle = attn.core.register_forward_hook(
-            lambda core, args, kwargs, out: seen.append(_lite_arguments(core, args, kwargs)), with_kwargs=True)
+            lambda core, args, kwargs, out: seen.append(lite_arguments(core, args, kwargs)), with_kwargs=True)
         with torch.no_grad():
             for b in batches:
                 lay = D.layout(student.config, b)
@@ -361,7 +361,35 @@ def test_lite_calibration_keeps_the_reciprocal_in_range(tokenizer, teacher, data
         handle.remove()
         return max(float(a.max()) for a in seen)
 
-    assert peak() > 8.25
-    factors = D.calibrate_lite_attention(student, batches, target=4.0)
+    from mpcgen import approx
+
+    target = approx.TWO_QUAD_LITE_SAFE * 2 / 3
+    assert peak() > sum(approx.TWO_QUAD_LITE_RANGE)
+    factors = D.calibrate_lite_attention(student, batches)
     assert 0 < factors["stack.blocks.0.attn"] < 1 and factors["stack.blocks.1.attn"] == 1.0
-    assert 2.0 < peak() <= 4.0  # shrunk to the target, not to uniform attention
+    assert target * 0.99 < peak() <= target  # shrunk to the target, not to uniform attention
+
+
+def test_lite_range_penalty_is_zero_inside_and_pushes_arguments_back(tokenizer, teacher, data_dir):
+    from mpcgen import train as T
+    from mpcgen.distill.objective import Distiller
+
+    student = D.build_student(teacher, "lite").eval()
+    examples = load_examples("e2e", "train", data_dir)[:8]
+    rows = T.encode_examples(tokenizer, examples, is_encoder_decoder=False, max_length=64)
+    batch = T.Collator(tokenizer.pad_token_id)(rows)
+    distiller = Distiller(None, D.loss_weights("lite", kl=0.0, hidden=0.0, ce=1.0), embedding_resend=False)
+    _, parts = distiller.objective(student, batch, train=False)
+    assert parts["range"] == 0.0  # a random student's arguments are ~1
+    attn = student.stack.blocks[0].attn
+    torch.manual_seed(1)
+    with torch.no_grad():
+        attn.q.weight.normal_(0.0, 1.0)
+        attn.k.weight.normal_(0.0, 1.0)
+        student.wte.weight.mul_(20.0)  # layer 0's largest arguments just past the safe bound, still finite
+    loss, parts = distiller.objective(student, batch, train=False)
+    assert parts["range"] > 0 and torch.isfinite(loss)
+    loss.backward()
+    assert attn.q.weight.grad.abs().sum() > 0
+    with pytest.raises(MpcgenError, match="--range-weight must be >= 0"):
+        D.loss_weights("lite", range=-1.0)

@@ -19,15 +19,17 @@ source tokens.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpcgen import approx
 from mpcgen.distill.student import embedding_rms, token_embeddings
 from mpcgen.errors import MpcgenError
 from mpcgen.models import PRESETS
@@ -49,8 +51,11 @@ class LossWeights:
     er_dropout: float = 0.0
     er_rollout_prob: float = 0.0
     er_unroll: int = 0
+    range: float = 0.0  # 2Quad-lite: weight of the penalty on reciprocal arguments past TWO_QUAD_LITE_SAFE
 
     def __post_init__(self) -> None:
+        if self.range < 0:
+            raise MpcgenError(f"--range-weight must be >= 0, got {self.range}")
         for name in ("ce", "kl", "hidden", "er_noise"):
             if getattr(self, name) < 0:
                 raise MpcgenError(f"--{name.replace('_', '-')}{'-weight' if name in ('ce', 'kl', 'hidden') else ''} "
@@ -77,11 +82,42 @@ PRESET_LOSSES: dict[str, dict[str, Any]] = {
     "mpcformer": dict(ce=0.0, kl=1.0, hidden=1.0),
     "mpcformer-2relu": dict(ce=0.0, kl=1.0, hidden=1.0),
     "thex": dict(ce=0.0, kl=1.0, hidden=1.0),
-    "lite": dict(ce=0.0, kl=1.0, hidden=1.0),
+    "lite": dict(ce=0.0, kl=1.0, hidden=1.0, range=1.0),
     "merge": _ER,
     "merge-er-only": _ER,
     "merge-mm-only": dict(ce=1.0),
 }
+
+
+def lite_arguments(core: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The argument ``a`` of 2Quad-lite's reciprocal in every row with a visible key, from an ``AttentionCore``'s
+    forward inputs (a forward hook's ``args``, ``kwargs``); differentiable."""
+    q, k = args[0], args[1]
+    mask = args[3] if len(args) > 3 else kwargs.get("mask")
+    bias = args[4] if len(args) > 4 else kwargs.get("bias")
+    scores = q.matmul(k.transpose(-2, -1)) * core.scale
+    if bias is not None:
+        scores = scores + bias
+    visible = torch.ones_like(scores) if mask is None else mask.to(scores.dtype).expand_as(scores)
+    count = visible.sum(-1)
+    total = ((scores + approx.TWO_QUAD_C).square() * visible).sum(-1) + approx.TWO_QUAD_EPS
+    a = total / (count.clamp(min=approx.TWO_QUAD_LITE_MIN_KEYS) * approx.TWO_QUAD_C ** 2)
+    return a[count > 0]
+
+
+@contextlib.contextmanager
+def _recording_lite_arguments(model: nn.Module, into: list[torch.Tensor], *, enabled: bool) -> Iterator[None]:
+    """While the block runs, append each 2Quad-lite attention's reciprocal arguments to ``into``."""
+    from mpcgen.models.layers import AttentionCore
+
+    handles = [m.register_forward_hook(lambda core, args, kwargs, out: into.append(lite_arguments(core, args, kwargs)),
+                                       with_kwargs=True)
+               for m in model.modules() if enabled and isinstance(m, AttentionCore) and m.kind == "2quad-lite"]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def loss_weights(preset: str, **overrides: Any) -> LossWeights:
@@ -239,7 +275,9 @@ class Distiller:
         lay = layout(model.config, batch)
         tok = token_embeddings(model, lay.ids)
         x = self.er_inputs(model, tok, lay) if (self.er and train) else tok
-        out, layers = forward_layout(model, lay, x, return_hidden=w.hidden > 0)
+        arguments: list[torch.Tensor] = []
+        with _recording_lite_arguments(model, arguments, enabled=w.range > 0):
+            out, layers = forward_layout(model, lay, x, return_hidden=w.hidden > 0)
         target = lay.target
         n_pred = target.size(1)  # positions that predict a token: (B, N)
         mask = (target != IGNORE_INDEX).float()  # (B, N)
@@ -271,6 +309,14 @@ class Distiller:
                 mse.append(err / denom.clamp(min=1e-6))
             parts["hidden"] = torch.stack(mse).mean()
             base = base + w.hidden * parts["hidden"]
+        if arguments:
+            # A quadratic wall past the safe bound keeps training away from where the Newton steps diverge (which
+            # private inference would compute too): without it 40-70 steps reached NaN. Summed over rows (per
+            # example), not averaged: the rows that grow are a few per sequence (the first keys), and a mean over
+            # every row let them pass the limit.
+            walls = [F.relu(a - approx.TWO_QUAD_LITE_SAFE).square().sum() / lay.ids.size(0) for a in arguments]
+            parts["range"] = torch.stack(walls).sum()
+            base = base + w.range * parts["range"]
         total = base
         if self.er:
             resent = model.resend_token(out.hidden[:, :n_pred]).float()

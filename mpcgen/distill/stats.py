@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpcgen import approx
-from mpcgen.distill.objective import Layout, layout
+from mpcgen.distill.objective import Layout, layout, lite_arguments
 from mpcgen.errors import MpcgenError
 from mpcgen.models import hf as hf_import
 
@@ -220,30 +220,17 @@ __all__ = ["MASKED_LOGIT", "MIN_MEAN_ATTENTION", "MeanAttention", "TeacherStats"
            "init_affine_norms", "init_constant_attention", "norm_pairs", "teacher_name_map", "teacher_statistics"]
 
 
-def _lite_arguments(core: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
-    """The argument ``a`` of 2Quad-lite's reciprocal in every row with a visible key (from the core's inputs)."""
-    q, k = args[0], args[1]
-    mask = args[3] if len(args) > 3 else kwargs.get("mask")
-    bias = args[4] if len(args) > 4 else kwargs.get("bias")
-    scores = q.matmul(k.transpose(-2, -1)) * core.scale
-    if bias is not None:
-        scores = scores + bias
-    visible = torch.ones_like(scores) if mask is None else mask.to(scores.dtype).expand_as(scores)
-    count = visible.sum(-1)
-    total = ((scores + approx.TWO_QUAD_C).square() * visible).sum(-1) + approx.TWO_QUAD_EPS
-    a = total / (count.clamp(min=approx.TWO_QUAD_LITE_MIN_KEYS) * approx.TWO_QUAD_C ** 2)
-    return a[count > 0]
-
-
 def calibrate_lite_attention(student: nn.Module, batches: list[dict[str, torch.Tensor]], *,
-                             target: float = 4.0, shrink: float = 0.85, max_tries: int = 40) -> dict[str, float]:
+                             target: float = approx.TWO_QUAD_LITE_SAFE * 2 / 3) -> dict[str, float]:
     """Keep 2Quad-lite's reciprocal inside its range on real batches: attention by attention, in the order the
-    data reaches them, scale the query projection by ``shrink`` until the largest argument ``a`` seen is at most
-    ``target`` (half the limit ``lo + hi`` past which the Newton steps diverge).
+    data reaches them, scale the query projection by the largest factor in (0, 1] that brings the largest argument
+    ``a`` seen down to ``target`` (about half the limit ``lo + hi`` past which the Newton steps diverge; training
+    then keeps ``a`` below :data:`~mpcgen.approx.TWO_QUAD_LITE_SAFE` with a penalty).
 
     A teacher's scores can be large (a GPT-2 trained here reaches 54 in layer 1, where 2Quad-lite's ``a`` would pass
     the limit on short rows); scaling ``q`` only softens the attention, which distillation then sharpens from a
-    point where the student's forward is finite. Returns, per attention, the factor its ``q`` was scaled by.
+    point where the student's forward is finite. Each attention's inputs are recorded in one forward pass and the
+    factor found by bisection on them (``q`` scales linearly with it). Returns, per attention, its factor.
     """
     from mpcgen.distill.objective import forward_layout
     from mpcgen.distill.student import token_embeddings
@@ -253,28 +240,34 @@ def calibrate_lite_attention(student: nn.Module, batches: list[dict[str, torch.T
              if isinstance(m, MultiHeadAttention) and m.core.kind == "2quad-lite"]
     lays = [layout(student.config, b) for b in batches]
     factors: dict[str, float] = {}
-    seen: list[torch.Tensor] = []
     for name, attention in lites:
+        calls: list[tuple[Any, tuple, dict]] = []
         handle = attention.core.register_forward_hook(
-            lambda core, args, kwargs, out: seen.append(_lite_arguments(core, args, kwargs)), with_kwargs=True)
-        factor = 1.0
+            lambda core, args, kwargs, out: calls.append((core, args, kwargs)), with_kwargs=True)
         try:
-            for _ in range(max_tries):
-                seen.clear()
-                with torch.no_grad():
-                    for lay in lays:
-                        forward_layout(student, lay, token_embeddings(student, lay.ids))
-                peak = max(float(a.max()) for a in seen if a.numel()) if any(a.numel() for a in seen) else 0.0
-                if peak <= target:
-                    break
-                with torch.no_grad():
-                    attention.q.weight.mul_(shrink)
-                    if attention.q.bias is not None:
-                        attention.q.bias.mul_(shrink)
-                factor *= shrink
-            else:
-                raise MpcgenError(f"{name}: 2quad-lite's argument stays above {target} after scaling q by {factor:.2e}")
+            with torch.no_grad():
+                for lay in lays:
+                    forward_layout(student, lay, token_embeddings(student, lay.ids))
         finally:
             handle.remove()
+
+        def peak(t: float) -> float:
+            found = [lite_arguments(core, (args[0] * t, *args[1:]), kwargs) for core, args, kwargs in calls]
+            return max((float(a.max()) for a in found if a.numel()), default=0.0)
+
+        factor = 1.0
+        if peak(1.0) > target:
+            if peak(0.0) > target:
+                raise MpcgenError(f"{name}: 2quad-lite's argument exceeds {target} even with q = 0 (the position "
+                                  f"bias alone is too large for its reciprocal's range)")
+            lo, hi = 0.0, 1.0
+            for _ in range(30):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if peak(mid) <= target else (lo, mid)
+            factor = lo
+            with torch.no_grad():
+                attention.q.weight.mul_(factor)
+                if attention.q.bias is not None:
+                    attention.q.bias.mul_(factor)
         factors[name] = factor
     return factors
