@@ -43,6 +43,36 @@ def test_centered_norm_and_mixed_layers_fold():
     merge_model(model)  # raises if not exact
 
 
+@pytest.mark.parametrize("family", ["gpt2", "t5", "bart"])
+def test_lite_merges_exactly(family):
+    model = randomise(build_model(tiny_config(family).with_preset("lite")))
+    merged = merge_model(model)  # raises if not exact
+    block = merged.stack.blocks[0] if family == "gpt2" else merged.decoder.blocks[0]
+    assert block.attn.core.kind == "2quad-lite" and hasattr(block.attn, "o")  # only the norms fold
+
+
+def test_merge_check_falls_back_to_shorter_inputs_and_refuses_when_none_is_finite(monkeypatch):
+    import mpcgen.models.merge as M
+
+    model = randomise(build_model(tiny_config("gpt2").with_preset("lite")))
+    calls = []
+    forward = type(model).forward
+
+    def diverging_on_long_inputs(self, *args, **kwargs):  # like a lite student on random ids far from its data
+        out = forward(self, *args, **kwargs)
+        calls.append(kwargs["input_ids"].size(1))
+        if kwargs["input_ids"].size(1) > 4:
+            out.logits = out.logits * float("nan")
+        return out
+
+    monkeypatch.setattr(type(model), "forward", diverging_on_long_inputs)
+    merge_model(model)
+    assert calls[:2] == [8, 4]
+    monkeypatch.setattr(M, "_CHECK_INPUTS", ((0, 8),))
+    with pytest.raises(MpcgenError, match="non-finite logits on every check input"):
+        merge_model(model)
+
+
 def test_merging_refusals():
     with pytest.raises(MpcgenError, match="cannot fold"):
         merge_model(build_model(tiny_config("gpt2", merge_linear=True, attention="constant")))  # layernorm
