@@ -216,8 +216,6 @@ def init_constant_attention(student: nn.Module, stats: TeacherStats) -> int:
 
 
 
-__all__ = ["MASKED_LOGIT", "MIN_MEAN_ATTENTION", "MeanAttention", "TeacherStats", "constant_logits_from_mean",
-           "init_affine_norms", "init_constant_attention", "norm_pairs", "teacher_name_map", "teacher_statistics"]
 
 
 def calibrate_lite_attention(student: nn.Module, batches: list[dict[str, torch.Tensor]], *,
@@ -271,3 +269,8 @@ def calibrate_lite_attention(student: nn.Module, batches: list[dict[str, torch.T
                     attention.q.bias.mul_(factor)
         factors[name] = factor
     return factors
+
+
+__all__ = ["MASKED_LOGIT", "MIN_MEAN_ATTENTION", "MeanAttention", "TeacherStats", "calibrate_lite_attention",
+           "constant_logits_from_mean", "init_affine_norms", "init_constant_attention", "norm_pairs",
+           "teacher_name_map", "teacher_statistics"]

@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mpcformer-2relu": {"activation": "quad", "attention": "2relu", "norm": EXACT,
                         "merge_linear": False, "embedding_resend": False},
     # Content-aware at a fraction of mpcformer's rounds: no inverse square root (centred affine norms calibrated on
-    # the teacher, folded into the next linear), 2Quad whose reciprocal is 5 Newton steps from a public start, Quad.
+    # the teacher, folded into the next linear), 2Quad whose reciprocal is 6 Newton steps from a public start, Quad.
     "lite": {"activation": "quad", "attention": "2quad-lite", "norm": "centered",
              "merge_linear": True, "embedding_resend": False},
     "thex": {"activation": "relu", "attention": "thex", "norm": "affine",

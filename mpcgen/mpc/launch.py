@@ -77,7 +77,7 @@ def _check_rendezvous(rendezvous: str, rank: int) -> None:
     if not host or not port:
         raise MpcgenError(f"rendezvous {rendezvous!r}: give both host and port, e.g. tcp://127.0.0.1:29500")
     if rank != SERVER:
-        return  # only rank 0 hosts torch.distributed's TCP store; the others connect to it
+        return  # only rank 0 listens for the rendezvous; the others connect to it
     # Bind-test the port so that "in use" is a one-line error before any process starts. The same options as the
     # real listener (mpcgen.mpc.joining): without SO_REUSEADDR the last session's TIME_WAIT sockets would read as
     # "in use" although the listener could bind.
