@@ -212,9 +212,9 @@ class ShapedLink:
                 if job.get("tls"):
                     from benchmark.harness import bench_certs
 
-                    certs = bench_certs()
-                    cmd += ["--tls-cert", str(certs / f"{role}.crt"), "--tls-key", str(certs / f"{role}.key"),
-                            "--tls-ca", str(certs / "ca.crt")]
+                    from mpcgen.certs import tls_flags
+
+                    cmd += tls_flags(bench_certs(), role)
                 else:
                     cmd += ["--insecure"]
                 holds = role == "server" or (role == "client" and job["weights"] == "public")

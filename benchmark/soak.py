@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import psutil
 
+from mpcgen.certs import tls_flags
 from mpcgen.errors import MpcgenError
 
 logger = logging.getLogger("benchmark.soak")
@@ -95,8 +96,7 @@ def _start(session: Session, args: argparse.Namespace, config_file: Path, prompt
         cmd = [sys.executable, "-m", "mpcgen.cli.party", "generate", "--role", role, "--rendezvous", rendezvous,
                "--provider", "ttp", "--weights", "private", "--threads", "1", "--timeout", str(args.link_timeout)]
         if certs is not None:
-            cmd += ["--tls-cert", str(certs / f"{role}.crt"), "--tls-key", str(certs / f"{role}.key"),
-                    "--tls-ca", str(certs / "ca.crt")]
+            cmd += tls_flags(certs, role)
         if role == "server":
             cmd += ["--random-config", str(config_file), "--seed-weights", str(args.seed)]
         if role == "client":

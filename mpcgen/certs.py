@@ -41,6 +41,12 @@ def party_files(folder: str | os.PathLike, role: str) -> TlsFiles:
     return TlsFiles(cert=str(folder / f"{role}.crt"), key=str(folder / f"{role}.key"), ca=str(folder / "ca.crt"))
 
 
+def tls_flags(folder: str | os.PathLike, role: str) -> list[str]:
+    """``--tls-cert/--tls-key/--tls-ca`` of ``role`` for a per-host party command (``python -m mpcgen.cli.party``)."""
+    files = party_files(folder, role)
+    return ["--tls-cert", files.cert, "--tls-key", files.key, "--tls-ca", files.ca]
+
+
 def _write_private(path: Path, data: bytes) -> None:
     """Write a key: mode 0600 from the start (never world-readable, even briefly), atomically."""
     tmp = path.with_name(path.name + ".tmp")

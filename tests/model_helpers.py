@@ -137,8 +137,9 @@ def party_cmd(job: str, role: str, rendezvous: str, certs: Path | None, *extra: 
     cmd = [sys.executable, "-m", "mpcgen.cli.party", job, "--role", role, "--rendezvous", rendezvous,
            "--provider", "ttp", *extra]
     if certs is not None:
-        cmd += ["--tls-cert", str(certs / f"{role}.crt"), "--tls-key", str(certs / f"{role}.key"),
-                "--tls-ca", str(certs / "ca.crt")]
+        from mpcgen.certs import tls_flags
+
+        cmd += tls_flags(certs, role)
     return cmd
 
 
