@@ -79,7 +79,7 @@ def distil(capsys, teacher: Path, out: Path, preset: str, *extra: str) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("preset", ["merge", "mpcformer", "mpcformer-2relu", "thex", "lite", "merge-er-only",
+@pytest.mark.parametrize("preset", ["merge", "mpcformer", "mpcformer-2relu", "thex", "lite", "lite-er", "merge-er-only",
                                     "merge-mm-only"])
 def test_each_preset_distils_and_objective_falls(capsys, tmp_path, teacher, preset):
     summary = distil(capsys, teacher, tmp_path, preset, "--max-steps", "8", "--eval-every", "8")

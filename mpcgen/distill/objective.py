@@ -83,6 +83,9 @@ PRESET_LOSSES: dict[str, dict[str, Any]] = {
     "mpcformer-2relu": dict(ce=0.0, kl=1.0, hidden=1.0),
     "thex": dict(ce=0.0, kl=1.0, hidden=1.0),
     "lite": dict(ce=0.0, kl=1.0, hidden=1.0, range=1.0),
+    # lite's distillation under MERGE's ER alignment and input perturbations (lam 0.5: the KL and hidden terms
+    # carry the quality that CE alone did not give merge).
+    "lite-er": dict(ce=0.0, kl=1.0, hidden=1.0, range=1.0, er_lambda=0.5, er_noise=0.2, er_dropout=0.6),
     "merge": _ER,
     "merge-er-only": _ER,
     "merge-mm-only": dict(ce=1.0),

@@ -29,6 +29,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the teacher, folded into the next linear), 2Quad whose reciprocal is 6 Newton steps from a public start, Quad.
     "lite": {"activation": "quad", "attention": "2quad-lite", "norm": "centered",
              "merge_linear": True, "embedding_resend": False},
+    # lite plus Embedding Resending: ER needs no constant attention, so it can sit on a content-aware student.
+    "lite-er": {"activation": "quad", "attention": "2quad-lite", "norm": "centered",
+                "merge_linear": True, "embedding_resend": True},
     "thex": {"activation": "relu", "attention": "thex", "norm": "affine",
              "merge_linear": False, "embedding_resend": False},
     "merge": {"activation": "quad", "attention": "constant", "norm": "affine",
