@@ -64,6 +64,9 @@ class StudentArguments:
         "help": "affine/centred norms: teacher (calibrated to the LayerNorm input statistics) | copy (gamma, beta)"})
     reciprocal_lr_scale: float = field(default=0.0, metadata={
         "help": "thex: lr multiplier of the reciprocal estimator (0 keeps its 1/x interpolant; its weights span 1e-6..1e3)"})
+    lite_range: str = field(default="standard", metadata={
+        "help": "2quad-lite reciprocal range, same cost: standard ([0.25, 16]) | high ([0.5, 32]: sharper rows, "
+                "rows with 1-3 keys less exact)"})
     teacher_init_examples: int = field(default=256, metadata={"help": "training examples for the teacher inits"})
     resend_norm: str = field(default="auto", metadata={
         "help": "ER: norm of the resent state, part of resend_embedding: rmsnorm | none | auto (rmsnorm for ER presets)"})
@@ -107,7 +110,7 @@ class TrainArguments:
 
 ARG_CLASSES = (StudentArguments, LossArguments, TrainArguments)
 # A resume state is only valid for the same teacher, task, student shape and objective.
-RESUME_KEYS = ("teacher", "task", "preset", "attention_layers", "resend_norm", "max_length", "loss")
+RESUME_KEYS = ("teacher", "task", "preset", "attention_layers", "resend_norm", "lite_range", "max_length", "loss")
 
 
 def _resend_norm(sargs: StudentArguments) -> str:
@@ -164,7 +167,7 @@ def run(sargs: StudentArguments, largs: LossArguments, targs: TrainArguments) ->
                              er_unroll=largs.er_unroll, range=largs.range_weight)
     resend_norm = _resend_norm(sargs)
     student = D.build_student(sargs.teacher, sargs.preset, constant_layers=sargs.constant_attention_layers,
-                              attention=sargs.attention, resend_norm=resend_norm)
+                              attention=sargs.attention, resend_norm=resend_norm, lite_range=sargs.lite_range)
     family = student.config.family
     encoder_decoder = student.config.arch == "encoder-decoder"
     out = Path(targs.out or f"stage2_ckpts/{task}-{family}-{sargs.preset}")

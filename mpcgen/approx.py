@@ -80,29 +80,37 @@ def two_quad(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Ten
 
 
 # 2Quad-lite: the argument of its reciprocal is a = sum_j (x_j + c)^2 / (max(n, N0) c^2), 1 for a row of zero scores.
-# Its reciprocal is range_reciprocal on [lo, hi] (12 rounds for 6 steps, against ~28 for CrypTen's exp-started
-# 10-step Newton): relative error <= 2.3% on [0.25, 16] (<= 0.05% on [0.5, 5]) and convergent for a < lo + hi,
-# which is what training sees too (the same formula runs in plaintext), so the error is part of the learned
-# function. The range is wide because a drifts upwards in distillation (a GPT-2 student's layer-2 maximum went from
-# 4.0 to 5.7 in 46 steps, and [0.25, 8] diverged within 50-70 steps); distillation keeps a below
-# TWO_QUAD_LITE_SAFE with a penalty. Rows shorter than N0 keys are scaled as N0 keys, so one large score on a short
-# row does not push a past the range.
-TWO_QUAD_LITE_RANGE = (0.25, 16.0)
-TWO_QUAD_LITE_STEPS = 6
+# Its reciprocal is range_reciprocal on a public range [lo, hi] (6 steps: 12 rounds, against ~28 for CrypTen's
+# exp-started 10-step Newton), convergent for a < lo + hi, which is what training sees too (the same formula runs in
+# plaintext), so the error is part of the learned function. Two ranges at the same cost and the same worst relative
+# error (<= 2.3%): "standard" [0.25, 16] and "high" [0.5, 32]. a grows with the sharpness of a row (with the other
+# keys near 0, a ~ 1 / (1 - p_max)), and distillation keeps a below half the range's top with a penalty, so
+# "standard" holds rows up to p_max ~ 0.88 and "high" up to ~0.94 (copying a name needs sharp rows); "high" pays
+# for it on rows with 1-3 visible keys, whose a is below its range (their weights sum short of 1: up to 15% at
+# a = 0.25, against 2.3% for "standard"). The ranges are wide because a drifts upwards in distillation (a GPT-2
+# student's layer-2 maximum went from 4.0 to 5.7 in 46 steps, and [0.25, 8] diverged within 50-70 steps). Rows
+# shorter than N0 keys are scaled as N0 keys, so one large score on a short row does not push a past the range.
+TWO_QUAD_LITE_RANGES: dict[str, tuple[float, float, int]] = {"standard": (0.25, 16.0, 6), "high": (0.5, 32.0, 6)}
 TWO_QUAD_LITE_MIN_KEYS = 8
-# Distillation keeps a below this (a penalty past it; the start calibrated to 2/3 of it): margin below lo + hi.
-TWO_QUAD_LITE_SAFE = 8.0
 
 
-def two_quad_lite(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tensor] | None = None) -> Tensor:
+def two_quad_lite_safe(reciprocal_range: str = "standard") -> float:
+    """The bound distillation keeps 2Quad-lite's argument below (a penalty past it; the start calibrated to 2/3 of
+    it): half the range's top, a margin below ``lo + hi`` where the Newton steps start to diverge."""
+    return TWO_QUAD_LITE_RANGES[reciprocal_range][1] / 2
+
+
+def two_quad_lite(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tensor] | None = None, *,
+                  reciprocal_range: str = "standard") -> Tensor:
     """2Quad with a cheap reciprocal: ``p_i = (x_i + c)^2 * R(a) / (max(n, 8) c^2)``, where ``a = (sum_j (x_j + c)^2
-    + eps) / (max(n, 8) c^2)`` and ``R`` is :func:`mpcgen.ops.range_reciprocal` on [0.25, 16] with 6 Newton steps
-    (``R(a) = 1 / a`` within 2.3% there); ``c = 5``, ``eps = 1e-3``; masked positions contribute 0."""
+    + eps) / (max(n, 8) c^2)`` and ``R`` is :func:`mpcgen.ops.range_reciprocal` on the named range of
+    :data:`TWO_QUAD_LITE_RANGES` (``R(a) = 1 / a`` within 2.3% there); ``c = 5``, ``eps = 1e-3``; masked positions
+    contribute 0."""
     e = ops.apply_mask((scores + TWO_QUAD_C).square(), mask)
-    lo, hi = TWO_QUAD_LITE_RANGE
+    lo, hi, steps = TWO_QUAD_LITE_RANGES[reciprocal_range]
 
     def reciprocal(a: Tensor) -> Tensor:
-        return ops.range_reciprocal(a, lo, hi, TWO_QUAD_LITE_STEPS)
+        return ops.range_reciprocal(a, lo, hi, steps)
 
     return ops.normalise(e, mask, eps=TWO_QUAD_EPS, scale=TWO_QUAD_C ** 2, reciprocal=reciprocal,
                          min_count=TWO_QUAD_LITE_MIN_KEYS)

@@ -91,6 +91,22 @@ def test_each_preset_distils_and_objective_falls(capsys, tmp_path, teacher, pres
     assert student.config.preset == preset and student.tokenizer is not None
 
 
+def test_lite_range_is_a_saved_model_knob(capsys, tmp_path, teacher):
+    """--lite-range names the reciprocal range: the attentions use it, the penalty bound and the calibration follow
+    it, the saved student keeps it, a bad name is refused."""
+    from mpcgen import approx
+
+    high = D.build_student(teacher, "lite", lite_range="high")
+    cores = [m for m in high.modules() if getattr(m, "kind", None) == "2quad-lite"]
+    assert high.config.lite_range == "high" and cores and all(c.options == {"reciprocal_range": "high"} for c in cores)
+    assert D.build_student(teacher, "lite").config.lite_range == "standard"
+    assert approx.two_quad_lite_safe("high") == 16.0 and approx.two_quad_lite_safe("standard") == 8.0
+    distil(capsys, teacher, tmp_path, "lite", "--lite-range", "high", "--max-steps", "2", "--eval-every", "2")
+    assert D.load_student(tmp_path, expect_preset="lite").config.lite_range == "high"
+    with pytest.raises(MpcgenError, match="--lite-range 'huge'"):
+        D.build_student(teacher, "lite", lite_range="huge")
+
+
 def test_er_rollout_equals_stepwise_forward(teacher):
     model = D.build_student(teacher, "merge", resend_norm="rmsnorm").eval()
     with torch.no_grad():
@@ -363,8 +379,8 @@ def test_lite_calibration_keeps_the_reciprocal_in_range(tokenizer, teacher, data
 
     from mpcgen import approx
 
-    target = approx.TWO_QUAD_LITE_SAFE * 2 / 3
-    assert peak() > sum(approx.TWO_QUAD_LITE_RANGE)
+    target = approx.two_quad_lite_safe("standard") * 2 / 3
+    assert peak() > sum(approx.TWO_QUAD_LITE_RANGES["standard"][:2])
     factors = D.calibrate_lite_attention(student, batches)
     assert 0 < factors["stack.blocks.0.attn"] < 1 and factors["stack.blocks.1.attn"] == 1.0
     assert target * 0.99 < peak() <= target  # shrunk to the target, not to uniform attention

@@ -51,7 +51,7 @@ class LossWeights:
     er_dropout: float = 0.0
     er_rollout_prob: float = 0.0
     er_unroll: int = 0
-    range: float = 0.0  # 2Quad-lite: weight of the penalty on reciprocal arguments past TWO_QUAD_LITE_SAFE
+    range: float = 0.0  # 2Quad-lite: weight of the penalty on reciprocal arguments past their safe bound
 
     def __post_init__(self) -> None:
         if self.range < 0:
@@ -109,12 +109,16 @@ def lite_arguments(core: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _recording_lite_arguments(model: nn.Module, into: list[torch.Tensor], *, enabled: bool) -> Iterator[None]:
-    """While the block runs, append each 2Quad-lite attention's reciprocal arguments to ``into``."""
+def _recording_lite_arguments(model: nn.Module, into: list[tuple[torch.Tensor, float]], *, enabled: bool
+                              ) -> Iterator[None]:
+    """While the block runs, append each 2Quad-lite attention's reciprocal arguments with that attention's safe bound
+    (:func:`mpcgen.approx.two_quad_lite_safe`) to ``into``."""
     from mpcgen.models.layers import AttentionCore
 
-    handles = [m.register_forward_hook(lambda core, args, kwargs, out: into.append(lite_arguments(core, args, kwargs)),
-                                       with_kwargs=True)
+    def record(core: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        into.append((lite_arguments(core, args, kwargs), approx.two_quad_lite_safe(**core.options)))
+
+    handles = [m.register_forward_hook(record, with_kwargs=True)
                for m in model.modules() if enabled and isinstance(m, AttentionCore) and m.kind == "2quad-lite"]
     try:
         yield
@@ -278,7 +282,7 @@ class Distiller:
         lay = layout(model.config, batch)
         tok = token_embeddings(model, lay.ids)
         x = self.er_inputs(model, tok, lay) if (self.er and train) else tok
-        arguments: list[torch.Tensor] = []
+        arguments: list[tuple[torch.Tensor, float]] = []
         with _recording_lite_arguments(model, arguments, enabled=w.range > 0):
             out, layers = forward_layout(model, lay, x, return_hidden=w.hidden > 0)
         target = lay.target
@@ -317,7 +321,7 @@ class Distiller:
             # private inference would compute too): without it 40-70 steps reached NaN. Summed over rows (per
             # example), not averaged: the rows that grow are a few per sequence (the first keys), and a mean over
             # every row let them pass the limit.
-            walls = [F.relu(a - approx.TWO_QUAD_LITE_SAFE).square().sum() / lay.ids.size(0) for a in arguments]
+            walls = [F.relu(a - safe).square().sum() / lay.ids.size(0) for a, safe in arguments]
             parts["range"] = torch.stack(walls).sum()
             base = base + w.range * parts["range"]
         total = base

@@ -219,11 +219,12 @@ def init_constant_attention(student: nn.Module, stats: TeacherStats) -> int:
 
 
 def calibrate_lite_attention(student: nn.Module, batches: list[dict[str, torch.Tensor]], *,
-                             target: float = approx.TWO_QUAD_LITE_SAFE * 2 / 3) -> dict[str, float]:
+                             target: float | None = None) -> dict[str, float]:
     """Keep 2Quad-lite's reciprocal inside its range on real batches: attention by attention, in the order the
     data reaches them, scale the query projection by the largest factor in (0, 1] that brings the largest argument
-    ``a`` seen down to ``target`` (about half the limit ``lo + hi`` past which the Newton steps diverge; training
-    then keeps ``a`` below :data:`~mpcgen.approx.TWO_QUAD_LITE_SAFE` with a penalty).
+    ``a`` seen down to ``target`` (default 2/3 of the safe bound :func:`~mpcgen.approx.two_quad_lite_safe`, a third
+    of the limit ``lo + hi`` past which the Newton steps diverge; training then keeps ``a`` below the safe bound
+    with a penalty).
 
     A teacher's scores can be large (a GPT-2 trained here reaches 54 in layer 1, where 2Quad-lite's ``a`` would pass
     the limit on short rows); scaling ``q`` only softens the attention, which distillation then sharpens from a
@@ -249,19 +250,21 @@ def calibrate_lite_attention(student: nn.Module, batches: list[dict[str, torch.T
         finally:
             handle.remove()
 
+        goal = target if target is not None else approx.two_quad_lite_safe(**attention.core.options) * 2 / 3
+
         def peak(t: float) -> float:
             found = [lite_arguments(core, (args[0] * t, *args[1:]), kwargs) for core, args, kwargs in calls]
             return max((float(a.max()) for a in found if a.numel()), default=0.0)
 
         factor = 1.0
-        if peak(1.0) > target:
-            if peak(0.0) > target:
-                raise MpcgenError(f"{name}: 2quad-lite's argument exceeds {target} even with q = 0 (the position "
+        if peak(1.0) > goal:
+            if peak(0.0) > goal:
+                raise MpcgenError(f"{name}: 2quad-lite's argument exceeds {goal} even with q = 0 (the position "
                                   f"bias alone is too large for its reciprocal's range)")
             lo, hi = 0.0, 1.0
             for _ in range(30):
                 mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if peak(mid) <= target else (lo, mid)
+                lo, hi = (mid, hi) if peak(mid) <= goal else (lo, mid)
             factor = lo
             with torch.no_grad():
                 attention.q.weight.mul_(factor)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mpcgen.approx import TWO_QUAD_LITE_RANGES
 from mpcgen.errors import MpcgenError
 from mpcgen.models import PRESETS, import_hf
 from mpcgen.models.decoder import token_input
@@ -88,11 +89,13 @@ def attention_layers(preset: str, n_layer: int, constant_layers: str | None, att
 
 
 def build_student(teacher_dir: str | Path, preset: str, *, constant_layers: str | None = None,
-                  attention: str | None = None, resend_norm: str = "none") -> nn.Module:
+                  attention: str | None = None, resend_norm: str = "none", lite_range: str = "standard"
+                  ) -> nn.Module:
     """The student: the teacher's weights under ``preset``'s approximations (training mode).
 
     Layers that keep a content-dependent attention keep the teacher's Q/K. With ``resend_norm`` set, the resend
     norm's gain starts at the token table's RMS, so a resent state has the scale of a real token embedding.
+    ``lite_range``: 2quad-lite's reciprocal range (:data:`mpcgen.approx.TWO_QUAD_LITE_RANGES`).
     """
     if preset not in PRESETS:
         raise MpcgenError(f"--preset {preset!r} is not supported; choose one of {sorted(PRESETS)}")
@@ -104,6 +107,10 @@ def build_student(teacher_dir: str | Path, preset: str, *, constant_layers: str 
         if not PRESETS[preset]["embedding_resend"]:
             raise MpcgenError(f"--resend-norm {resend_norm} needs an Embedding Resending preset, not {preset!r}")
         overrides["resend_norm"] = resend_norm
+    if lite_range not in TWO_QUAD_LITE_RANGES:
+        raise MpcgenError(f"--lite-range {lite_range!r}: choose one of {sorted(TWO_QUAD_LITE_RANGES)}")
+    if lite_range != "standard":  # the config's default
+        overrides["lite_range"] = lite_range
     student = import_hf(teacher_dir, preset, overrides=overrides)
     if student.resend_norm is not None and student.resend_norm.weight is not None:
         with torch.no_grad():

@@ -7,7 +7,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpcgen.approx import ACTIVATIONS, ATTENTIONS, GELU_VARIANTS, NORMS, lookup
+from mpcgen.approx import ACTIVATIONS, ATTENTIONS, GELU_VARIANTS, NORMS, TWO_QUAD_LITE_RANGES, lookup
 from mpcgen.errors import MpcgenError
 
 ARCHS: dict[str, tuple[str, ...]] = {"decoder": ("gpt2",), "encoder-decoder": ("t5", "bart")}
@@ -84,6 +84,9 @@ class ModelConfig:
     gated_ff: bool = False  # T5 v1.1: act(x W0) * (x W1)
     attention: str = "softmax"
     attention_layers: list[str] | None = None
+    # 2quad-lite: the range of its reciprocal (mpcgen.approx.TWO_QUAD_LITE_RANGES; same cost, "high" holds sharper
+    # rows).
+    lite_range: str = "standard"
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     pre_norm: bool = True  # GPT-2/T5 pre-LN; BART post-LN
@@ -142,6 +145,7 @@ class ModelConfig:
                                   f"got {self.attention_layers!r}")
             for i, name in enumerate(self.attention_layers):
                 lookup(ATTENTIONS, name, f"attention_layers[{i}]")
+        lookup(TWO_QUAD_LITE_RANGES, self.lite_range, "lite_range")
         if not isinstance(self.norm_eps, (int, float)) or self.norm_eps < 0:
             raise MpcgenError(f"norm_eps={self.norm_eps!r} must be a number >= 0")
         _check_int("relative_attention_num_buckets", self.relative_attention_num_buckets, minimum=0)

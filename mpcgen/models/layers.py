@@ -126,9 +126,11 @@ class AttentionCore(nn.Module):
     cost_group: ClassVar[str] = "attention"
 
     def __init__(self, kind: str, *, scale: float, heads: int = 1, n_q: int = 0, n_k: int = 0,
-                 frozen: bool = False) -> None:
+                 frozen: bool = False, lite_range: str = "standard") -> None:
         super().__init__()
         self.kind, self.scale, self.frozen = kind, scale, frozen
+        # 2quad-lite's reciprocal range (a public part of the model), passed to its normaliser
+        self.options = {"reciprocal_range": lite_range} if kind == "2quad-lite" else {}
         if kind == "constant":
             # Zeros: A starts uniform over all columns (masked ones are then dropped, rows not renormalised).
             name = "const_weights" if frozen else "const_logits"
@@ -154,7 +156,7 @@ class AttentionCore(nn.Module):
         if bias is not None:
             scores = scores + bias
         params = {name: getattr(self, name) for name in self.learned_names} if self.learned_names else None
-        p = ATTENTIONS[self.kind](scores, mask, params)
+        p = ATTENTIONS[self.kind](scores, mask, params, **self.options)
         return p.matmul(v)  # (B, nh, T, hs)
 
     def constant_weights(self, start: int, length: int, n_keys: int, mask: torch.Tensor | None) -> Tensor:
@@ -286,7 +288,7 @@ class MultiHeadAttention(nn.Module):
             self.v = Linear(d, inner, bias)
             self.o = Linear(inner, d, config.bias)
         self.core = AttentionCore(kind, scale=scale, heads=1 if self.shared else nh, n_q=n_q, n_k=n_k,
-                                  frozen=config.constant_frozen)
+                                  frozen=config.constant_frozen, lite_range=config.lite_range)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.size()
