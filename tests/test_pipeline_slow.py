@@ -26,9 +26,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(module: str, *args: str, env: dict[str, str]) -> dict:
-    """Run ``python -m module args`` and return the JSON object of its last stdout line."""
+    """Run ``python -m module args`` and return the JSON object of its last stdout line (every CLI here ends with
+    one: the training summary, the scores, the generation results)."""
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=1200)
+                          text=True, timeout=1800)
     assert proc.returncode == 0, f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -36,14 +37,12 @@ def _cli(module: str, *args: str, env: dict[str, str]) -> dict:
 def test_demo_pipeline_copies_names_privately(tmp_path: Path, data_dir: Path) -> None:
     env = {**os.environ, "MPCGEN_DATA_DIR": str(data_dir)}
     teacher, student = tmp_path / "teacher", tmp_path / "lite"
-    subprocess.run([sys.executable, "-m", "nlg.finetune", "--task", "e2e", "--model", "gpt2", "--init", "scratch",
-                    "--size", "tiny", "--max-steps", "400", "--out", str(teacher)],
-                   cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=1800)
+    _cli("nlg.finetune", "--task", "e2e", "--model", "gpt2", "--init", "scratch", "--size", "tiny", "--max-steps",
+         "400", "--out", str(teacher), env=env)
     teacher_scores = _cli("nlg.evaluate", "--ckpt", str(teacher), "--split", "test", "--limit", "30",
                           "--no-progress", env=env)
-    subprocess.run([sys.executable, "-m", "distill.run", "--teacher", str(teacher), "--preset", "lite",
-                    "--max-steps", "200", "--eval-every", "100", "--limit-val", "200", "--resume", "no",
-                    "--out", str(student)], cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=1800)
+    _cli("distill.run", "--teacher", str(teacher), "--preset", "lite", "--max-steps", "200", "--eval-every", "100",
+         "--limit-val", "200", "--resume", "no", "--out", str(student), env=env)
     student_scores = _cli("nlg.evaluate", "--ckpt", str(student), "--split", "test", "--limit", "30",
                           "--no-progress", env=env)
     assert student_scores["bleu"] >= 0.30, student_scores
