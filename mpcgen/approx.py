@@ -101,15 +101,25 @@ def two_quad_lite_safe(reciprocal_range: str = "standard") -> float:
 
 
 def two_quad_lite(scores: Tensor, mask: torch.Tensor | None, params: Mapping[str, Tensor] | None = None, *,
-                  reciprocal_range: str = "standard") -> Tensor:
+                  reciprocal_range: str = "standard", guard: bool = False) -> Tensor:
     """2Quad with a cheap reciprocal: ``p_i = (x_i + c)^2 * R(a) / (max(n, 8) c^2)``, where ``a = (sum_j (x_j + c)^2
     + eps) / (max(n, 8) c^2)`` and ``R`` is :func:`mpcgen.ops.range_reciprocal` on the named range of
     :data:`TWO_QUAD_LITE_RANGES` (``R(a) = 1 / a`` within 2.3% there); ``c = 5``, ``eps = 1e-3``; masked positions
-    contribute 0."""
+    contribute 0.
+
+    ``guard`` (training only, plaintext; :class:`~mpcgen.models.layers.AttentionCore` sets it in training mode, as
+    dropout is): rows with ``a`` above the range's top get the exact ``1 / a`` instead of the Newton steps, which
+    diverge past ``lo + hi`` and turn one transient excursion into NaN for the whole run. Inference (plaintext
+    evaluation and MPC alike) never guards: an out-of-range row there costs quality, which evaluation then shows,
+    and distillation's range penalty is what keeps rows in range.
+    """
     e = ops.apply_mask((scores + TWO_QUAD_C).square(), mask)
     lo, hi, steps = TWO_QUAD_LITE_RANGES[reciprocal_range]
 
     def reciprocal(a: Tensor) -> Tensor:
+        if guard:
+            inside = ops.range_reciprocal(a.clamp(max=hi), lo, hi, steps)  # clamped: no inf in the unused branch
+            return torch.where(a <= hi, inside, a.reciprocal())
         return ops.range_reciprocal(a, lo, hi, steps)
 
     return ops.normalise(e, mask, eps=TWO_QUAD_EPS, scale=TWO_QUAD_C ** 2, reciprocal=reciprocal,

@@ -109,6 +109,40 @@ def test_two_quad_lite_rows_sum_to_one_where_its_argument_is_in_range(name, spre
     torch.testing.assert_close(p[inside], approx.ATTENTIONS["2quad"](s, mask)[inside], atol=0.023, rtol=0)
 
 
+def test_two_quad_lite_guard_only_changes_rows_past_the_range():
+    """The training guard: in range the exact inference formula; past the top the true 1 / a (rows sum to 1) with a
+    finite gradient, where the unguarded Newton steps overflow."""
+    torch.manual_seed(0)
+    s = torch.randn(2, 2, 10, 10, dtype=torch.float64) * 2.0
+    s[0, 0, 5, 2] = 120.0  # one sharp row: a ~ (125^2) / (8 * 25) ~ 78, past "standard"'s top (16) and lo + hi
+    mask = torch.tril(torch.ones(10, 10, dtype=torch.float64))
+    s.requires_grad_(True)
+    plain = approx.two_quad_lite(s, mask)
+    guarded = approx.two_quad_lite(s, mask, guard=True)
+    assert not torch.isfinite(plain[0, 0, 5]).all() or (plain[0, 0, 5].sum() - 1).abs() > 0.5  # diverged
+    rest = torch.ones_like(plain, dtype=torch.bool)
+    rest[0, 0, 5] = False
+    torch.testing.assert_close(guarded[rest], plain[rest], atol=0, rtol=0)
+    torch.testing.assert_close(guarded[0, 0, 5].sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-6, rtol=0)  # eps in the denominator
+    guarded.square().sum().backward()
+    assert torch.isfinite(s.grad).all()
+
+
+def test_attention_core_guards_in_training_mode_only():
+    from mpcgen.models.layers import AttentionCore
+
+    core = AttentionCore("2quad-lite", scale=1.0)
+    q = torch.zeros(1, 1, 4, 8)
+    k = torch.zeros(1, 1, 4, 8)
+    q[0, 0, 3, 0], k[0, 0, 1, 0] = 12.0, 10.0  # score 120 in row 3: past the range
+    v = torch.randn(1, 1, 4, 8)
+    mask = torch.tril(torch.ones(4, 4))
+    core.train()
+    assert torch.isfinite(core(q, k, v, mask)).all()
+    core.eval()  # inference computes what MPC computes: the unguarded Newton steps
+    assert not torch.allclose(core(q, k, v, mask)[0, 0, 3], core.train()(q, k, v, mask)[0, 0, 3])
+
+
 def test_constant_rows_do_not_renormalise():
     got = approx.ATTENTIONS["constant"](torch.tensor(SCORES), torch.tensor(MASK, dtype=torch.float32))
     assert (got.sum(-1)[:-1] < 0.999).all()

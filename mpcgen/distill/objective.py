@@ -324,6 +324,11 @@ class Distiller:
             walls = [F.relu(a - safe).square().sum() / lay.ids.size(0) for a, safe in arguments]
             parts["range"] = torch.stack(walls).sum()
             base = base + w.range * parts["range"]
+            # Rows past the range's top (2 x the safe bound): training guards them (approx.two_quad_lite), inference
+            # does not, so this share is what the penalty must drive to 0 (logged, not a loss).
+            with torch.no_grad():
+                over = sum(int((a.detach() > 2 * safe).sum()) for a, safe in arguments)
+                parts["lite_over"] = torch.tensor(over / max(1, sum(a.numel() for a, _ in arguments)))
         total = base
         if self.er:
             resent = model.resend_token(out.hidden[:, :n_pred]).float()

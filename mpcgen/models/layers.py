@@ -156,7 +156,10 @@ class AttentionCore(nn.Module):
         if bias is not None:
             scores = scores + bias
         params = {name: getattr(self, name) for name in self.learned_names} if self.learned_names else None
-        p = ATTENTIONS[self.kind](scores, mask, params, **self.options)
+        options = self.options
+        if self.kind == "2quad-lite" and self.training and isinstance(scores, torch.Tensor):
+            options = {**options, "guard": True}  # plaintext training only (see approx.two_quad_lite)
+        p = ATTENTIONS[self.kind](scores, mask, params, **options)
         return p.matmul(v)  # (B, nh, T, hs)
 
     def constant_weights(self, start: int, length: int, n_keys: int, mask: torch.Tensor | None) -> Tensor:

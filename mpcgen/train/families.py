@@ -138,9 +138,13 @@ def build_scratch_model(
                           **geometry, **ids)
     else:
         # Scratch BART starts decoding from bos (pretrained BART uses eos), so decode_output can skip it.
+        # Token embeddings scaled by sqrt(d) (the original Transformer's convention): without it the token and the
+        # learned position embeddings start at the same norm, and within ~40 steps E2E's post-LN encoder maps every
+        # source to the same output (the position part, common to all sources, wins), after which the decoder
+        # never learns to read it (docs/results.md, session 9).
         config = BartConfig(vocab_size=len(tokenizer), max_position_embeddings=max_length, dropout=dropout,
                             decoder_start_token_id=tokenizer.bos_token_id, forced_eos_token_id=tokenizer.eos_token_id,
-                            **geometry, **ids)
+                            scale_embedding=True, **geometry, **ids)
     return spec.model_cls(config)
 
 
