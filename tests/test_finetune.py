@@ -153,3 +153,27 @@ def test_torchrun_two_processes(tmp_path, extra):
     args = json.loads((out / "training_args.json").read_text())
     assert args["world_size"] == 2 and args["global_batch_size"] == 16
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no stray temp files
+
+
+def test_recipe_table_commands_parse():
+    """``scripts/finetune.sh --table`` covers the nine cells, and every command it would run parses (a recipe typo
+    fails here, not an hour into a run)."""
+    import shlex
+
+    from transformers import HfArgumentParser
+
+    from nlg.finetune import ARG_CLASSES
+
+    res = subprocess.run(["bash", str(REPO / "scripts" / "finetune.sh"), "--table", "--dry-run"], capture_output=True,
+                         text=True, check=True, cwd=REPO)
+    commands = [shlex.split(line[2:]) for line in res.stderr.splitlines() if line.startswith("+ ")]
+    train = [c for c in commands if c[1:3] == ["-m", "nlg.finetune"]]
+    evals = [c for c in commands if c[1:3] == ["-m", "nlg.evaluate"]]
+    cells = {(c[c.index("--task") + 1], c[c.index("--model") + 1]) for c in train}
+    assert cells == {(t, m) for t in ("e2e", "webnlg", "multiwoz") for m in ("gpt2", "t5", "bart")}
+    assert len(evals) == 9 and len(train) == 10  # E2E T5 trains in two legs
+    for c in train:
+        HfArgumentParser(ARG_CLASSES).parse_args_into_dataclasses(args=c[3:])
+    res = subprocess.run(["bash", str(REPO / "scripts" / "finetune.sh"), "--table", "--dry-run", "--only", "e2e-x"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 2 and "unknown cell 'e2e-x'" in res.stderr
