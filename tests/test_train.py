@@ -107,3 +107,31 @@ def test_resume_from_a_state_without_scheduler_fields(capsys, tmp_path):
     assert [g["lr"] for g in saved] == [expected, expected]
     history = json.loads((tmp_path / "trainer_state.json").read_text())["history"]
     assert [h["step"] for h in history] == [2, 4, 6, 7]
+
+
+def test_time_budget_refits_when_the_machine_slows_down(capsys, tmp_path, monkeypatch):
+    """--max-minutes under a clock whose steps get 3x slower after the first fit: the budget is re-fitted at every
+    evaluation, so the schedule still decays to (nearly) 0 by the deadline instead of being cut mid-way."""
+    import types
+
+    from mpcgen.train import loop
+    from nlg.finetune import main
+
+    class Clock:  # simulated seconds: each reading of the clock advances it (about one reading per step)
+        t, calls = 0.0, 0
+
+        def monotonic(self) -> float:
+            self.calls += 1
+            self.t += 0.5 if self.calls < 40 else 1.5
+            return self.t
+
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=Clock().monotonic))
+    args = ["--task", "e2e", "--model", "gpt2", "--init", "scratch", "--size", "tiny", "--limit-train", "64",
+            "--limit-val", "8", "--batch-size", "4", "--warmup-steps", "2", "--vocab-size", "512",
+            "--num-threads", "1", "--lr", "1e-3", "--eval-every", "10", "--max-minutes", "1", "--out", str(tmp_path)]
+    assert main(args) == 0
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["history"]
+    assert history[-1]["elapsed_s"] <= 60.0 + 3.0  # at most one step late
+    # The last evaluation before the stop is near the cosine's end (fitted once: lr 4.5e-4 there, 7 steps before
+    # the deadline cut the run).
+    assert history[-2]["lr"] < 0.1 * 1e-3 and history[-1]["step"] - history[-2]["step"] <= 5, history

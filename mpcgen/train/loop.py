@@ -236,6 +236,7 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.state["total_steps"], initial=start, disable=not main, desc="train", dynamic_ncols=True)
         batches, running, timing, eval_s = self._batches(dp_loader), [], {}, 0.0
+        mark = (self.t0, start)  # (time, step) after the last evaluation: the next re-fit's step time
         last_eval, first_loss = start, None
         lr_schedule = schedule.scheduler(optimizer, self._lr, step=start)
         while self.state["total_steps"] is None or self.state["step"] < self.state["total_steps"]:
@@ -300,9 +301,12 @@ class Trainer:
                 if self.world > 1:
                     dist.barrier()
                 eval_s = time.monotonic() - t_eval
-                if self.plan.max_minutes is not None and step - start == self.plan.eval_every:
-                    self._fit_budget((time.monotonic() - self.t0 - eval_s) / (step - start), eval_s)
+                if self.plan.max_minutes is not None:
+                    # Re-fit at every evaluation from the step time since the previous one: a machine that gets
+                    # busier (or quieter) mid-run still ends its schedule at the deadline, not cut mid-decay.
+                    self._fit_budget((t_eval - mark[0]) / (step - mark[1]), eval_s)
                     bar.total = self.state["total_steps"]
+                mark = (time.monotonic(), step)
         bar.close()
         if last_eval != self.state["step"] and main:
             self._evaluate_and_save(optimizer, _mean(running), writer)
