@@ -12,6 +12,7 @@ JSON summary.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -37,7 +38,10 @@ logger = logging.getLogger("nlg.finetune")
 
 @dataclass
 class DataArguments:
-    task: str = field(default="e2e", metadata={"help": "e2e | webnlg | multiwoz (or e2e_nlg, web_nlg, multiwoz_nlg)"})
+    task: str = field(default="e2e", metadata={
+        "help": "e2e | webnlg | multiwoz (or e2e_nlg, web_nlg, multiwoz_nlg); several joined by '+' train one model "
+                "on their union (e.g. webnlg+multiwoz: a public corpus to pre-train on before DP fine-tuning on "
+                "e2e); --limit-train then applies to each"})
     data_dir: Optional[str] = field(default=None, metadata={"help": "dataset folder (default: $MPCGEN_DATA_DIR)"})
     max_length: int = field(default=128, metadata={"help": "max tokens per sequence (source is truncated first)"})
     limit_train: Optional[int] = field(default=None, metadata={"help": "use only the first N training examples"})
@@ -132,7 +136,10 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
     rank, world = _dist()
     torch.set_num_threads(targs.num_threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(targs.seed)
-    task = canonical_task(dargs.task)
+    tasks = [canonical_task(t) for t in dargs.task.split("+")]
+    if len(set(tasks)) != len(tasks):
+        raise MpcgenError(f"--task {dargs.task!r} names a task twice")
+    task = "+".join(tasks)
     spec = T.family_spec(margs.model)
     if targs.resume not in ("auto", "yes", "no"):
         raise MpcgenError(f"unknown --resume {targs.resume!r}; choose one of ['auto', 'no', 'yes']")
@@ -155,10 +162,16 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
     if resume_dir is not None:
         check_resume_settings(resume_dir, all_args, RESUME_KEYS)
 
-    train_ex, val_ex, train_split = load_splits(task, dargs.data_dir, dargs.holdout_percent)
-    if dargs.limit_train:
-        train_ex = train_ex[: dargs.limit_train]
+    train_ex, val_ex, splits = [], [], []
+    for name in tasks:
+        train_t, val_t, split_t = load_splits(name, dargs.data_dir, dargs.holdout_percent)
+        train_ex += train_t[: dargs.limit_train] if dargs.limit_train else train_t
+        # Validation interleaved by task, so --limit-val keeps a share of each.
+        val_ex.append(val_t)
+        splits.append(split_t)
+    val_ex = [ex for group in itertools.zip_longest(*val_ex) for ex in group if ex is not None]
     val_ex = val_ex[: dargs.limit_val]
+    train_split = "+".join(splits)
     model, tokenizer = build(margs, dargs.max_length, [t for ex in train_ex for t in (ex.source, ex.target)],
                              rank, world, resume_dir)
     TRUNCATIONS.clear()

@@ -334,3 +334,22 @@ def test_finetune_init_pretrained_refuses_mismatches(capsys, caplog, small_data,
     assert _run(small_data, "gpt2", other, tmp_path / "out", "--max-length", "32", "--max-steps", "2") == 2
     assert "different settings" in caplog.text and "name_or_path" in caplog.text
     capsys.readouterr()
+
+
+def test_public_pretraining_on_a_union_of_tasks_then_fine_tuning_from_it(capsys, small_data, tmp_path):
+    """``--task webnlg+multiwoz`` trains one model on both tasks' training rows (the public corpus of the DP recipe:
+    no E2E text in it), and ``--init pretrained`` then fine-tunes that folder on E2E."""
+    common = ["--data-dir", str(small_data), "--model", "gpt2", "--init", "scratch", "--size", "tiny",
+              "--limit-train", "24", "--limit-val", "8", "--batch-size", "8", "--warmup-steps", "1",
+              "--eval-every", "2", "--num-threads", "2", "--vocab-size", "512", "--max-steps", "2"]
+    public = tmp_path / "public"
+    assert finetune(["--task", "webnlg+multiwoz", "--out", str(public), *common]) == 0
+    args = json.loads((public / "training_args.json").read_text())
+    assert args["task"] == "web_nlg+multiwoz_nlg" and args["train_split"] == "train+validation"
+    assert args["n_train"] == 48 and args["n_val"] == 8  # 24 of each; validation interleaved by task
+    capsys.readouterr()
+    assert finetune(["--task", "webnlg+webnlg", "--out", str(tmp_path / "x"), *common]) == 2
+    out = tmp_path / "e2e"
+    assert _run(small_data, "gpt2", public, out, "--max-steps", "2") == 0
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["task"] == "e2e_nlg" and args["name_or_path"] == str(public)
