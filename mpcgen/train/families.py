@@ -138,10 +138,10 @@ def build_scratch_model(
                           **geometry, **ids)
     else:
         # Scratch BART starts decoding from bos (pretrained BART uses eos), so decode_output can skip it.
-        # Token embeddings scaled by sqrt(d) (the original Transformer's convention): without it the token and the
-        # learned position embeddings start at the same norm, and within ~40 steps E2E's post-LN encoder maps every
-        # source to the same output (the position part, common to all sources, wins), after which the decoder
-        # never learns to read it (docs/results.md, session 9).
+        # Token embeddings scaled by sqrt(d) (the original Transformer's convention). Without it (token and learned
+        # position embeddings then start at the same norm) E2E's post-LN encoder maps every source to nearly the
+        # same output within ~50 steps and never recovers, so the decoder learns to ignore it; with it the spread
+        # dips too but recovers by ~200 steps (measured: docs/results.md, session 9).
         config = BartConfig(vocab_size=len(tokenizer), max_position_embeddings=max_length, dropout=dropout,
                             decoder_start_token_id=tokenizer.bos_token_id, forced_eos_token_id=tokenizer.eos_token_id,
                             scale_embedding=True, **geometry, **ids)
