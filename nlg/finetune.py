@@ -59,6 +59,9 @@ class ModelArguments:
     size: str = field(default="small", metadata={"help": "scratch geometry: tiny | small | base"})
     vocab_size: int = field(default=4096, metadata={"help": "scratch: BPE vocabulary trained on the train split"})
     dropout: float = field(default=0.1, metadata={"help": "scratch: dropout"})
+    freeze: Optional[str] = field(default=None, metadata={
+        "help": "comma-separated substrings of parameter names to keep fixed (e.g. 'wte,wpe': GPT-2's embeddings, "
+                "for DP fine-tuning of a publicly pre-trained model: fewer noised coordinates)"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters only (merged before every save)"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
@@ -98,7 +101,7 @@ class DPArguments:
 
 ARG_CLASSES = (DataArguments, ModelArguments, TrainArguments, DPArguments)
 # A resume state is only valid for the same task, model and training mode.
-RESUME_KEYS = ("task", "model", "init", "name_or_path", "size", "lora", "dp_enabled", "max_length")
+RESUME_KEYS = ("task", "model", "init", "name_or_path", "size", "lora", "dp_enabled", "max_length", "freeze")
 
 
 def _dist() -> tuple[int, int]:
@@ -181,6 +184,8 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
         logger.warning("truncated to --max-length %d: %s", dargs.max_length, dict(TRUNCATIONS))
 
     frozen = T.freeze_for_dp(model, margs.model) if pargs.dp else []
+    if margs.freeze:
+        frozen += T.freeze_parameters(model, [p.strip() for p in margs.freeze.split(",") if p.strip()])
     if margs.lora:
         model = T.apply_lora(model, margs.model, r=margs.lora_r, alpha=margs.lora_alpha, dropout=0.05)
     n_params = sum(p.numel() for p in model.parameters())

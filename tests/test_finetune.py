@@ -177,3 +177,20 @@ def test_recipe_table_commands_parse():
     res = subprocess.run(["bash", str(REPO / "scripts" / "finetune.sh"), "--table", "--dry-run", "--only", "e2e-x"],
                          capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 2 and "unknown cell 'e2e-x'" in res.stderr
+
+
+def test_freeze_keeps_the_named_parameters_fixed_under_dp(capsys, tmp_path):
+    """``--freeze wte`` with DP-SGD: GPT-2's (tied) token embeddings stay exactly as initialised while the rest
+    trains, the accountant still runs, and a pattern that matches nothing is refused."""
+    summary = finetune(capsys, tmp_path, "--model", "gpt2", "--max-steps", "4", "--eval-every", "4", "--dp",
+                       "--freeze", "wte", "--lr", "1e-2")
+    assert summary["epsilon"] is not None
+    args = json.loads((tmp_path / "training_args.json").read_text())
+    assert args["frozen_parameters"] == ["transformer.wpe.weight", "transformer.wte.weight"]  # DP's, then ours
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    torch.manual_seed(0)  # nlg.finetune's seed: the same initial weights
+    init = T.build_scratch_model("gpt2", "tiny", tok, max_length=128).state_dict()
+    trained = load_file(str(tmp_path / "resume" / "model.safetensors"))
+    assert torch.equal(trained["transformer.wte.weight"], init["transformer.wte.weight"])
+    assert not torch.equal(trained["transformer.h.0.attn.c_attn.weight"], init["transformer.h.0.attn.c_attn.weight"])
+    assert main([*TINY, "--out", str(tmp_path / "typo"), "--model", "gpt2", "--max-steps", "2", "--freeze", "wtf"]) == 2

@@ -13,7 +13,7 @@ from torch import nn
 
 from mpcgen.errors import MpcgenError
 from mpcgen.train.clipping import GhostClipper
-from mpcgen.train.families import family_spec
+from mpcgen.train.families import family_spec, freeze_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +24,7 @@ CLIPPINGS = ("ghost", "per-sample")
 MAX_NOISE_MULTIPLIER = 50.0
 def freeze_for_dp(model: nn.Module, family: str) -> list[str]:
     """Freeze the parameters Opacus cannot compute per-sample gradients for; return their names."""
-    patterns = family_spec(family).dp_frozen
-    frozen = []
-    for name, param in model.named_parameters():
-        if any(p in name for p in patterns) and param.requires_grad:
-            param.requires_grad_(False)
-            frozen.append(name)
+    frozen = freeze_parameters(model, family_spec(family).dp_frozen, strict=False)
     if frozen:
         logger.warning("DP-SGD: froze %d parameter tensors without per-sample gradient support: %s", len(frozen), frozen)
     return frozen

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 from transformers import (
@@ -187,6 +187,24 @@ def load_pretrained(model: str, name_or_path: str, *, max_length: int | None = N
         net.resize_token_embeddings(len(tokenizer))
     net.config.pad_token_id = tokenizer.pad_token_id
     return net, tokenizer
+
+
+def freeze_parameters(model: nn.Module, patterns: Sequence[str], *, strict: bool = True) -> list[str]:
+    """Stop training every parameter whose name contains one of ``patterns``; return the names frozen now.
+
+    ``strict``: a pattern that matches no trainable parameter is an error (a typo would otherwise train everything).
+    """
+    frozen, unused = [], set(patterns)
+    for name, param in model.named_parameters():
+        hits = [p for p in patterns if p in name]
+        unused.difference_update(hits)
+        if hits and param.requires_grad:
+            param.requires_grad_(False)
+            frozen.append(name)
+    if strict and unused:
+        raise MpcgenError(f"--freeze {sorted(unused)} matches no parameter of this model (names look like "
+                          f"{[n for n, _ in model.named_parameters()][:3]})")
+    return frozen
 
 
 # Opacus' DDP wrapper (imported by name: this module does not load Opacus); it keeps the model in ``.module``.
