@@ -123,7 +123,8 @@ def test_two_quad_lite_guard_only_changes_rows_past_the_range():
     rest = torch.ones_like(plain, dtype=torch.bool)
     rest[0, 0, 5] = False
     torch.testing.assert_close(guarded[rest], plain[rest], atol=0, rtol=0)
-    torch.testing.assert_close(guarded[0, 0, 5].sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-6, rtol=0)  # eps in the denominator
+    one = torch.tensor(1.0, dtype=torch.float64)
+    torch.testing.assert_close(guarded[0, 0, 5].sum(), one, atol=1e-6, rtol=0)  # eps in the denominator
     guarded.square().sum().backward()
     assert torch.isfinite(s.grad).all()
 

@@ -48,7 +48,7 @@ def test_scratch_bart_encoder_keeps_its_sources_apart(capsys, tmp_path):
 def _encoder_spread(ckpt: Path) -> float:
     """How much the saved encoder's output depends on its source: the mean distance between two sources' outputs
     at the same positions, relative to their norm. A scratch BART without scaled token embeddings drives this to
-    ~0.001 within a few dozen steps (every source encoded alike: the decoder then never learns to read it)."""
+    ~0.01 within a few dozen steps (every source encoded alike: the decoder then never learns to read it)."""
     from transformers import AutoModelForSeq2SeqLM
 
     model = AutoModelForSeq2SeqLM.from_pretrained(ckpt).eval()

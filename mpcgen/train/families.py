@@ -192,7 +192,7 @@ def load_pretrained(model: str, name_or_path: str, *, max_length: int | None = N
 def freeze_parameters(model: nn.Module, patterns: Sequence[str], *, strict: bool = True) -> list[str]:
     """Stop training every parameter whose name contains one of ``patterns``; return the names frozen now.
 
-    ``strict``: a pattern that matches no trainable parameter is an error (a typo would otherwise train everything).
+    ``strict``: a pattern that matches no parameter is an error (a typo would otherwise train everything).
     """
     frozen, unused = [], set(patterns)
     for name, param in model.named_parameters():
