@@ -109,14 +109,15 @@ def lite_arguments(core: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _recording_lite_arguments(model: nn.Module, into: list[tuple[torch.Tensor, float]], *, enabled: bool
+def _recording_lite_arguments(model: nn.Module, into: list[tuple[torch.Tensor, float, float]], *, enabled: bool
                               ) -> Iterator[None]:
     """While the block runs, append each 2Quad-lite attention's reciprocal arguments with that attention's safe bound
-    (:func:`mpcgen.approx.two_quad_lite_safe`) to ``into``."""
+    (:func:`mpcgen.approx.two_quad_lite_safe`) and its range's top to ``into``."""
     from mpcgen.models.layers import AttentionCore
 
     def record(core: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-        into.append((lite_arguments(core, args, kwargs), approx.two_quad_lite_safe(**core.options)))
+        top = approx.TWO_QUAD_LITE_RANGES[core.options["reciprocal_range"]][1]
+        into.append((lite_arguments(core, args, kwargs), approx.two_quad_lite_safe(**core.options), top))
 
     handles = [m.register_forward_hook(record, with_kwargs=True)
                for m in model.modules() if enabled and isinstance(m, AttentionCore) and m.kind == "2quad-lite"]
@@ -282,7 +283,7 @@ class Distiller:
         lay = layout(model.config, batch)
         tok = token_embeddings(model, lay.ids)
         x = self.er_inputs(model, tok, lay) if (self.er and train) else tok
-        arguments: list[tuple[torch.Tensor, float]] = []
+        arguments: list[tuple[torch.Tensor, float, float]] = []
         with _recording_lite_arguments(model, arguments, enabled=w.range > 0):
             out, layers = forward_layout(model, lay, x, return_hidden=w.hidden > 0)
         target = lay.target
@@ -321,14 +322,14 @@ class Distiller:
             # private inference would compute too): without it 40-70 steps reached NaN. Summed over rows (per
             # example), not averaged: the rows that grow are a few per sequence (the first keys), and a mean over
             # every row let them pass the limit.
-            walls = [F.relu(a - safe).square().sum() / lay.ids.size(0) for a, safe in arguments]
+            walls = [F.relu(a - safe).square().sum() / lay.ids.size(0) for a, safe, _ in arguments]
             parts["range"] = torch.stack(walls).sum()
             base = base + w.range * parts["range"]
-            # Rows past the range's top (2 x the safe bound): training guards them (approx.two_quad_lite), inference
-            # does not, so this share is what the penalty must drive to 0 (logged, not a loss).
+            # Rows past the range's top: training guards them (approx.two_quad_lite), inference does not, so this
+            # share is what the penalty must drive to 0 (logged, not a loss).
             with torch.no_grad():
-                over = sum(int((a.detach() > 2 * safe).sum()) for a, safe in arguments)
-                parts["lite_over"] = torch.tensor(over / max(1, sum(a.numel() for a, _ in arguments)))
+                over = sum(int((a.detach() > top).sum()) for a, _, top in arguments)
+                parts["lite_over"] = torch.tensor(over / max(1, sum(a.numel() for a, _, _ in arguments)))
         total = base
         if self.er:
             resent = model.resend_token(out.hidden[:, :n_pred]).float()
