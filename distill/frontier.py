@@ -89,20 +89,27 @@ def plot(rows: list[dict[str, Any]], path: Path, split: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, key, label in ((axes[0], "rounds", "rounds per generated token"),
-                           (axes[1], "bytes", "online MB per generated token"),
-                           (axes[2], "wan", "WAN seconds per generated token")):
-        for r in rows:
-            c = r["cost"]
-            x = c["projected_s"]["wan"] if key == "wan" else c["per_token"][key] / (1e6 if key == "bytes" else 1.0)
-            label_ = f"{r['name']} ({c['decoding']})"
-            ax.scatter(x, r["quality"]["bleu"], s=36)
-            ax.annotate(label_, (x, r["quality"]["bleu"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel(label + " (private, log scale)")
-        ax.set_ylabel(f"{split} BLEU")
-        ax.grid(alpha=0.3)
+    # Top row: BLEU; bottom row: slot error rate (a student can keep BLEU and still drop or invent slots).
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.4), sharex="col")
+    for col, (key, label) in enumerate((("rounds", "rounds per generated token"),
+                                        ("bytes", "online MB per generated token"),
+                                        ("wan", "WAN seconds per generated token"))):
+        for row, (metric, ylabel) in enumerate((("bleu", f"{split} BLEU"), ("ser", f"{split} slot error rate"))):
+            ax = axes[row][col]
+            for r in rows:
+                c, y = r["cost"], r["quality"].get(metric)
+                if y is None:
+                    continue
+                x = c["projected_s"]["wan"] if key == "wan" else c["per_token"][key] / (1e6 if key == "bytes" else 1.0)
+                ax.scatter(x, y, s=36)
+                ax.annotate(f"{r['name']} ({c['decoding']})", (x, y), fontsize=7, xytext=(4, 3),
+                            textcoords="offset points")
+            ax.set_xscale("log")
+            if metric == "ser":
+                ax.set_yscale("symlog", linthresh=0.1)
+                ax.set_xlabel(label + " (private, log scale)")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
     fig.suptitle("Quality vs private cost per token (students at their real size)")
     fig.tight_layout()
     buf = io.BytesIO()

@@ -85,6 +85,8 @@ class LossArguments:
     er_rollout_prob: Optional[float] = field(default=None, metadata={
         "help": "ER: share of generated positions fed resent states in training (needs --er-unroll >= 1)"})
     er_unroll: Optional[int] = field(default=None, metadata={"help": "ER: no-grad passes producing the resent states"})
+    er_self: Optional[float] = field(default=None, metadata={
+        "help": "ER: weight of relu(cos(r(h_t), E(x_t))), a resent state pointing at its own input token"})
     range_weight: Optional[float] = field(default=None, metadata={
         "help": "2quad-lite: weight of the penalty on reciprocal arguments past its safe bound (preset lite: 1)"})
 
@@ -164,7 +166,7 @@ def run(sargs: StudentArguments, largs: LossArguments, targs: TrainArguments) ->
     weights = D.loss_weights(sargs.preset, ce=largs.ce_weight, kl=largs.kl_weight, hidden=largs.hidden_weight,
                              temperature=largs.temperature, er_lambda=largs.er_lambda, er_noise=largs.er_noise,
                              er_dropout=largs.er_dropout, er_rollout_prob=largs.er_rollout_prob,
-                             er_unroll=largs.er_unroll, range=largs.range_weight)
+                             er_unroll=largs.er_unroll, er_self=largs.er_self, range=largs.range_weight)
     resend_norm = _resend_norm(sargs)
     student = D.build_student(sargs.teacher, sargs.preset, constant_layers=sargs.constant_attention_layers,
                               attention=sargs.attention, resend_norm=resend_norm, lite_range=sargs.lite_range)

@@ -409,3 +409,65 @@ def test_lite_range_penalty_is_zero_inside_and_pushes_arguments_back(tokenizer, 
     assert attn.q.weight.grad.abs().sum() > 0
     with pytest.raises(MpcgenError, match="--range-weight must be >= 0"):
         D.loss_weights("lite", range=-1.0)
+
+
+def test_er_self_term_penalises_a_state_that_points_at_its_own_input(tokenizer, teacher, data_dir):
+    from mpcgen import train as T
+    from mpcgen.distill.objective import Distiller
+
+    student = D.build_student(teacher, "merge", resend_norm="rmsnorm").eval()
+    examples = load_examples("e2e", "train", data_dir)[:4]
+    batch = T.Collator(tokenizer.pad_token_id)(T.encode_examples(tokenizer, examples, is_encoder_decoder=False,
+                                                                    max_length=64))
+    distiller = Distiller(None, D.loss_weights("merge", er_self=1.0), embedding_resend=True)
+    loss, parts = distiller.objective(student, batch, train=False)
+    # By hand: relu(cos(r(h_t), E(x_t))) over target positions whose next token differs from their input.
+    ids, target = batch["input_ids"], batch["labels"][:, 1:]
+    with torch.no_grad():
+        resent = student.resend_token(student(input_ids=ids, attention_mask=batch["attention_mask"]).hidden)[:, :-1]
+    own = ids[:, :-1]
+    keep = (target != -100) & (own != target)
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(resent, student.wte(own), dim=-1).clamp(min=0)
+    assert parts["er_self"] == pytest.approx(float(cos[keep].mean()), rel=1e-4)
+    assert parts["er_self"] > 0.05  # the residual stream carries E(x_t) up to the resent state
+    without, rest = Distiller(None, D.loss_weights("merge"), embedding_resend=True).objective(student, batch,
+                                                                                            train=False)
+    assert "er_self" not in rest
+    assert float(loss - without) == pytest.approx(parts["er_self"], rel=1e-4)
+    (loss - without).backward()  # the term alone reaches the blocks' weights
+    assert student.stack.blocks[-1].mlp.fc2.weight.grad.abs().sum() > 0
+    with pytest.raises(MpcgenError, match="--er-self must be >= 0"):
+        D.loss_weights("merge", er_self=-0.1)
+    with pytest.raises(MpcgenError, match="only apply to ER presets"):
+        D.loss_weights("lite", er_self=0.5)
+
+
+def test_frontier_puts_every_decoding_on_one_table_and_reuses_measured_costs(capsys, tmp_path, teacher, data_dir):
+    from distill import frontier
+
+    student = tmp_path / "merge"
+    distil(capsys, teacher, student, "merge", "--max-steps", "2", "--eval-every", "2")
+    out = tmp_path / "frontier"
+    argv = ["--teacher", str(teacher), "--students", str(student), "--names", "teacher", "merge", "--limit", "3",
+            "--data-dir", str(data_dir), "--prompt-length", "6", "--cost-tokens", "2", "--out", str(out)]
+    assert frontier.main(argv) == 0
+    rows = json.loads((out / "frontier.json").read_text())["rows"]
+    # The teacher has no ER; the ER student is served each way. client costs at most a few rounds more than er
+    # (here fewer: er pays the resend norm's inverse square root each token), tokens pays the secure argmax.
+    assert [(r["name"], r["cost"]["decoding"]) for r in rows] == [
+        ("teacher", "tokens"), ("teacher", "client"), ("merge", "tokens"), ("merge", "er"), ("merge", "client")]
+    per = {r["cost"]["decoding"]: r["cost"]["per_token"]["rounds"] for r in rows if r["name"] == "merge"}
+    assert per["client"] <= per["er"] + 4 and max(per["client"], per["er"]) < per["tokens"]
+    assert all(r["quality"]["n"] == 3 and r["quality"]["ser"] is not None for r in rows)
+    md = (out / "frontier.md").read_text()
+    assert md.count("\n| merge |") == 3 and "SER" in md and "WAN s / token" in md
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A rerun measures nothing new: every cost record and score is read back from disk.
+    costs = sorted(out.glob("cost-*.json"))
+    stamps = [p.stat().st_mtime_ns for p in costs]
+    capsys.readouterr()
+    assert frontier.main(argv) == 0
+    assert [p.stat().st_mtime_ns for p in sorted(out.glob("cost-*.json"))] == stamps and len(costs) == 5
+    assert json.loads((out / "frontier.json").read_text())["rows"] == rows
+    assert frontier.main([*argv[:4], "--names", "only-one", "--out", str(out)]) == 2

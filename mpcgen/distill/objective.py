@@ -5,12 +5,16 @@ encoder-decoder: the labels shifted right behind ``decoder_start_token_id``, wit
 everything below works on it. :class:`Distiller` is the objective (hooked into :class:`mpcgen.train.Trainer`)::
 
     L = (1 - lam) * (w_ce CE + w_kl KL_T + w_hid MSE) + lam * (1 - cos(r(h_t), E(x_{t+1})))
+        + w_self * relu(cos(r(h_t), E(x_t)))
 
 CE on the target tokens; KL to the teacher's logits at temperature T (times T^2); hidden-state MSE per layer
 (encoder and decoder layers of encoder-decoders), each layer's MSE divided by the teacher state's mean square (deep
 GPT-2 residual streams are large, so raw MSE would drown the rest); ``lam`` > 0 only for Embedding Resending (ER)
 students, where ``r`` is the model's ``resend_token`` (resend norm) and ``E(x_{t+1})`` the (detached) token
-embedding of the token state t predicts, i.e. of the next decoder input. ER training also perturbs the input
+embedding of the token state t predicts, i.e. of the next decoder input. The last term (``er_self``, MERGE's
+negative-cosine idea) penalises a resent state that points at its own position's input token: the residual stream
+carries E(x_t) to the top, and a resent state that still looks like x_t reads, one position later, as "x_t again",
+which is how ER rollouts repeat themselves (positions whose next token is the same token are left out). ER training also perturbs the input
 embeddings of generated positions (uniform noise of amplitude ``er_noise`` times the embedding table's RMS, then
 dropout ``er_dropout``) and can train on unrolled resent states (``er_unroll`` extra passes: scheduled sampling in
 embedding space, see :meth:`Distiller.er_inputs`); all of it on the decoder side, the encoder always reads the
@@ -51,12 +55,13 @@ class LossWeights:
     er_dropout: float = 0.0
     er_rollout_prob: float = 0.0
     er_unroll: int = 0
+    er_self: float = 0.0
     range: float = 0.0  # 2Quad-lite: weight of the penalty on reciprocal arguments past their safe bound
 
     def __post_init__(self) -> None:
         if self.range < 0:
             raise MpcgenError(f"--range-weight must be >= 0, got {self.range}")
-        for name in ("ce", "kl", "hidden", "er_noise"):
+        for name in ("ce", "kl", "hidden", "er_noise", "er_self"):
             if getattr(self, name) < 0:
                 raise MpcgenError(f"--{name.replace('_', '-')}{'-weight' if name in ('ce', 'kl', 'hidden') else ''} "
                                   f"must be >= 0, got {getattr(self, name)}")
@@ -134,7 +139,8 @@ def loss_weights(preset: str, **overrides: Any) -> LossWeights:
     base.update({k: v for k, v in overrides.items() if v is not None})
     weights = LossWeights(**base)
     if not PRESETS[preset]["embedding_resend"]:
-        used = [k for k in ("er_lambda", "er_noise", "er_dropout", "er_rollout_prob", "er_unroll") if getattr(weights, k)]
+        used = [k for k in ("er_lambda", "er_noise", "er_dropout", "er_rollout_prob", "er_unroll", "er_self")
+                if getattr(weights, k)]
         if used:
             raise MpcgenError(f"preset {preset!r} has no Embedding Resending; {used} only apply to ER presets "
                               f"{sorted(p for p in PRESETS if PRESETS[p]['embedding_resend'])}")
@@ -337,6 +343,13 @@ class Distiller:
             cos = F.cosine_similarity(resent, wanted, dim=-1)  # (B, N)
             parts["er_cos"] = ((1.0 - cos) * mask).sum() / n
             total = (1.0 - w.er_lambda) * base + w.er_lambda * parts["er_cos"]
+            if w.er_self:
+                own = lay.ids[:, :n_pred]  # the input id of each predicting position
+                own_emb = token_embeddings(model, own).detach().float()
+                differ = mask * (own != target).float()
+                self_cos = F.relu(F.cosine_similarity(resent, own_emb, dim=-1))
+                parts["er_self"] = (self_cos * differ).sum() / differ.sum().clamp(min=1.0)
+                total = total + w.er_self * parts["er_self"]
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

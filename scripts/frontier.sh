@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Stage 2's frontier: distil every student preset from ONE teacher, score each the way it is served and measure its
+# private cost per token, then put them on one table and plot (python -m distill.frontier).
+#   scripts/frontier.sh --teacher stage1_ckpts/e2e_nlg-gpt2 [--only NAME]... [--scale F] [--lanes N] [--dry-run]
+#                       [--out docs/frontier] [extra distill.run args...]
+# The students train in --lanes parallel lanes (default 2, one thread each), each student followed by its own
+# frontier scoring, so the last step (all rows together) only reads what the lanes measured. --scale multiplies
+# every time budget (0.1 for a smoke run). Outputs: stage2_ckpts/frontier/<name>/, the --out folder.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY="${PYTHON:-.venv/bin/python}"
+
+# name -> minutes | distill.run arguments. The recipes and their figures are in docs/results.md ("Frontier").
+declare -A RECIPE=(
+  [lite]="30|--preset lite --lite-range high --ce-weight 0.5 --lr 2e-4"
+  [lite-er]="20|--preset lite-er --lite-range high --ce-weight 0.5 --lr 2e-4 --er-unroll 2 --er-rollout-prob 0.5 --er-self 1.0"
+  [mpcformer]="10|--preset mpcformer --lr 2e-4"
+  [mpcformer-c23]="10|--preset mpcformer --constant-attention-layers 2,3 --lr 2e-4"
+  [thex]="10|--preset thex --lr 3e-4"
+  [merge]="10|--preset merge --lr 3e-4 --kl-weight 1.0 --er-unroll 2 --er-rollout-prob 0.75 --er-self 1.0 --bf16"
+  [merge-mm-only]="10|--preset merge-mm-only --lr 3e-4 --bf16"
+)
+# Longest first, spread over the lanes in this order (lane i takes students i, i + N, ...).
+ORDER=(lite lite-er mpcformer merge thex mpcformer-c23 merge-mm-only)
+COMMON=(--num-threads 1 --batch-size 16 --eval-every 200 --limit-val 300 --resume no)
+
+teacher=""
+out=docs/frontier
+scale=1
+lanes=2
+dry=0
+only=()
+extra=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --teacher) teacher="$2"; shift 2 ;;
+    --only) only+=("$2"); shift 2 ;;
+    --scale) scale="$2"; shift 2 ;;
+    --lanes) lanes="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --dry-run) dry=1; shift ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) extra+=("$1"); shift ;;
+  esac
+done
+[[ -n "$teacher" ]] || { echo "frontier.sh: --teacher DIR is required (see --help)" >&2; exit 2; }
+[[ $dry == 1 || -f "$teacher/training_args.json" ]] || { echo "frontier.sh: no stage-1 teacher at $teacher" >&2; exit 2; }
+if [[ ${#only[@]} -gt 0 ]]; then
+  for name in "${only[@]}"; do
+    [[ -n "${RECIPE[$name]+x}" ]] || { echo "unknown student '$name'; choose from: ${ORDER[*]}" >&2; exit 2; }
+  done
+  ORDER=("${only[@]}")
+fi
+
+run() {
+  echo "+ $*" >&2
+  if [[ $dry == 0 ]]; then "$@"; fi
+}
+
+student() {  # name: distil, then score and cost it (distill.frontier caches both beside the student and in $out)
+  local name="$1" minutes args
+  minutes="$(awk -v m="${RECIPE[$name]%%|*}" -v s="$scale" 'BEGIN { print m * s }')"
+  read -ra args <<< "${RECIPE[$name]#*|}"
+  run "$PY" -m distill.run --teacher "$teacher" "${args[@]}" "${COMMON[@]}" --max-minutes "$minutes" \
+      --out "stage2_ckpts/frontier/$name" ${extra[@]+"${extra[@]}"}
+  run "$PY" -m distill.frontier --teacher "$teacher" --students "stage2_ckpts/frontier/$name" \
+      --names teacher "$name" --out "$out"
+}
+
+lane() {
+  local i
+  for ((i = $1; i < ${#ORDER[@]}; i += lanes)); do student "${ORDER[$i]}"; done
+}
+
+pids=()
+for ((l = 0; l < lanes; l++)); do
+  if [[ $dry == 1 ]]; then lane "$l"; else lane "$l" & pids+=($!); fi
+done
+status=0
+for pid in ${pids[@]+"${pids[@]}"}; do wait "$pid" || status=1; done
+[[ $status == 0 ]] || { echo "frontier.sh: a lane failed (see above)" >&2; exit 1; }
+dirs=(); names=(teacher)
+for name in "${ORDER[@]}"; do dirs+=("stage2_ckpts/frontier/$name"); names+=("$name"); done
+run "$PY" -m distill.frontier --teacher "$teacher" --students "${dirs[@]}" --names "${names[@]}" --out "$out"
