@@ -13,14 +13,14 @@ PY="${PYTHON:-.venv/bin/python}"
 # name -> minutes | distill.run arguments. The recipes and their figures are in docs/results.md ("Frontier").
 declare -A RECIPE=(
   [lite]="30|--preset lite --lite-range high --ce-weight 0.5 --lr 2e-4"
-  [lite-er]="20|--preset lite-er --lite-range high --ce-weight 0.5 --lr 2e-4 --er-unroll 2 --er-rollout-prob 0.5 --er-self 1.0"
+  [lite-er]="15|--preset lite-er --lite-range high --ce-weight 0.5 --lr 2e-4"
   [mpcformer]="10|--preset mpcformer --lr 2e-4"
   [mpcformer-c23]="10|--preset mpcformer --constant-attention-layers 2,3 --lr 2e-4"
   [thex]="10|--preset thex --lr 3e-4"
-  [merge]="10|--preset merge --lr 3e-4 --kl-weight 1.0 --er-unroll 2 --er-rollout-prob 0.75 --er-self 1.0 --bf16"
+  [merge]="10|--preset merge --lr 3e-4 --kl-weight 1.0 --er-unroll 2 --er-rollout-prob 0.75 --bf16"
   [merge-mm-only]="10|--preset merge-mm-only --lr 3e-4 --bf16"
 )
-# Longest first, spread over the lanes in this order (lane i takes students i, i + N, ...).
+# Longest first; each goes to the lane with the fewest minutes so far.
 ORDER=(lite lite-er mpcformer merge thex mpcformer-c23 merge-mm-only)
 COMMON=(--num-threads 1 --batch-size 16 --eval-every 200 --limit-val 300 --resume no)
 
@@ -67,9 +67,20 @@ student() {  # name: distil, then score and cost it (distill.frontier caches bot
       --names teacher "$name" --out "$out"
 }
 
+declare -a LANE_OF LOAD
+for ((l = 0; l < lanes; l++)); do LOAD[$l]=0; done
+for name in "${ORDER[@]}"; do
+  best=0
+  for ((l = 1; l < lanes; l++)); do ((LOAD[l] < LOAD[best])) && best=$l; done
+  LANE_OF+=("$best")
+  LOAD[$best]=$((LOAD[best] + ${RECIPE[$name]%%|*}))
+done
+
 lane() {
   local i
-  for ((i = $1; i < ${#ORDER[@]}; i += lanes)); do student "${ORDER[$i]}"; done
+  for ((i = 0; i < ${#ORDER[@]}; i++)); do
+    if [[ ${LANE_OF[$i]} == "$1" ]]; then student "${ORDER[$i]}"; fi
+  done
 }
 
 pids=()

@@ -471,3 +471,34 @@ def test_frontier_puts_every_decoding_on_one_table_and_reuses_measured_costs(cap
     assert [p.stat().st_mtime_ns for p in sorted(out.glob("cost-*.json"))] == stamps and len(costs) == 5
     assert json.loads((out / "frontier.json").read_text())["rows"] == rows
     assert frontier.main([*argv[:4], "--names", "only-one", "--out", str(out)]) == 2
+
+
+def test_frontier_script_covers_every_preset_and_its_commands_parse():
+    """``scripts/frontier.sh --dry-run``: one student per preset (the mix too), every distill.run and frontier command
+    parses, the last frontier call has every row, and the scale reaches the budgets."""
+    import shlex
+    import subprocess
+
+    from transformers import HfArgumentParser
+
+    from distill import frontier
+    from distill.run import ARG_CLASSES
+    from mpcgen.models import PRESETS
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run(["bash", str(repo / "scripts" / "frontier.sh"), "--teacher", "T", "--dry-run", "--scale",
+                          "0.5"], capture_output=True, text=True, check=True, cwd=repo)
+    commands = [shlex.split(line[2:]) for line in res.stderr.splitlines() if line.startswith("+ ")]
+    runs = [c for c in commands if c[1:3] == ["-m", "distill.run"]]
+    fronts = [c for c in commands if c[1:3] == ["-m", "distill.frontier"]]
+    presets = {c[c.index("--preset") + 1] for c in runs}
+    assert presets == set(PRESETS) - {"vanilla", "merge-er-only", "mpcformer-2relu"}
+    assert any("--constant-attention-layers" in c for c in runs) and len(fronts) == len(runs) + 1
+    for c in runs:
+        HfArgumentParser(ARG_CLASSES).parse_args_into_dataclasses(args=c[3:])
+    assert {float(c[c.index("--max-minutes") + 1]) for c in runs} == {15.0, 7.5, 5.0}
+    last = frontier.build_parser().parse_args(fronts[-1][3:])
+    assert len(last.students) == len(runs) and len(last.names) == len(runs) + 1
+    res = subprocess.run(["bash", str(repo / "scripts" / "frontier.sh"), "--teacher", "T", "--dry-run", "--only", "x"],
+                         capture_output=True, text=True, cwd=repo)
+    assert res.returncode == 2 and "unknown student 'x'" in res.stderr
