@@ -502,3 +502,19 @@ def test_frontier_script_covers_every_preset_and_its_commands_parse():
     res = subprocess.run(["bash", str(repo / "scripts" / "frontier.sh"), "--teacher", "T", "--dry-run", "--only", "x"],
                          capture_output=True, text=True, cwd=repo)
     assert res.returncode == 2 and "unknown student 'x'" in res.stderr
+
+
+def test_er_probe_reads_a_student_and_refuses_one_without_er(capsys, tmp_path, teacher, data_dir):
+    import importlib.util
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("er_probe", repo / "scripts" / "er_probe.py")
+    er_probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(er_probe)
+    distil(capsys, teacher, tmp_path / "merge", "merge", "--max-steps", "2", "--eval-every", "2")
+    figures = er_probe.probe(str(tmp_path / "merge"), limit=8, data_dir=str(data_dir))
+    assert figures["positions"] > 0
+    assert all(0.0 <= figures[k] <= 1.0 for k in ("acc_teacher_forced", "acc_resent", "repeats_own_input"))
+    assert -1.0 <= figures["cos_own"] <= 1.0 and -1.0 <= figures["cos_next"] <= 1.0
+    distil(capsys, teacher, tmp_path / "lite", "lite", "--max-steps", "2", "--eval-every", "2")
+    assert er_probe.main(["--ckpt", str(tmp_path / "lite"), "--data-dir", str(data_dir)]) == 2
