@@ -12,9 +12,9 @@ CE on the target tokens; KL to the teacher's logits at temperature T (times T^2)
 GPT-2 residual streams are large, so raw MSE would drown the rest); ``lam`` > 0 only for Embedding Resending (ER)
 students, where ``r`` is the model's ``resend_token`` (resend norm) and ``E(x_{t+1})`` the (detached) token
 embedding of the token state t predicts, i.e. of the next decoder input. The last term (``er_self``, MERGE's
-negative-cosine idea) penalises a resent state that points at its own position's input token: the residual stream
-carries E(x_t) to the top, and a resent state that still looks like x_t reads, one position later, as "x_t again",
-which is how ER rollouts repeat themselves (positions whose next token is the same token are left out). ER training also perturbs the input
+negative cosine) penalises a resent state that points at its own position's input token, which the residual stream
+carries to the top (positions whose next token is the same token are left out); measured, it removes that
+component but does not stop ER rollouts from repeating themselves (docs/results.md). ER training also perturbs the input
 embeddings of generated positions (uniform noise of amplitude ``er_noise`` times the embedding table's RMS, then
 dropout ``er_dropout``) and can train on unrolled resent states (``er_unroll`` extra passes: scheduled sampling in
 embedding space, see :meth:`Distiller.er_inputs`); all of it on the decoder side, the encoder always reads the
