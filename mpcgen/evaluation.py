@@ -41,7 +41,8 @@ class EvalSettings:
 
 def decode_sources(ckpt: str | os.PathLike, sources: list[str], settings: EvalSettings, *, progress: bool = True
                    ) -> tuple[list[str], dict[str, Any]]:
-    """One text per source with the checkpoint in ``ckpt``; ``(texts, {"kind", "is_encoder_decoder"})``."""
+    """One text per source with the checkpoint in ``ckpt``; ``(texts, {"kind", "is_encoder_decoder", "decoding"})``,
+    ``decoding`` being the one that ran (a student's default resolved; ``None`` for a teacher's ``generate()``)."""
     path = Path(ckpt)
     kind = model_kind(path)
     if kind == "teacher":
@@ -54,7 +55,8 @@ def decode_sources(ckpt: str | os.PathLike, sources: list[str], settings: EvalSe
                                max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams, batch_size=settings.batch_size,
                                length_penalty=settings.length_penalty,
                                no_repeat_ngram_size=settings.no_repeat_ngram_size, progress=progress)
-        return texts, {"kind": kind, "is_encoder_decoder": is_ed}
+        return texts, {"kind": kind, "is_encoder_decoder": is_ed, "decoding": None}
+    from mpcgen.generation.loop import default_decoding
     from mpcgen.generation.texts import decode_texts
     from mpcgen.models.loading import load_model
 
@@ -65,7 +67,8 @@ def decode_sources(ckpt: str | os.PathLike, sources: list[str], settings: EvalSe
     texts = decode_texts(model, tokenizer, sources, max_new_tokens=settings.max_new_tokens,
                          batch_size=settings.batch_size, decoding=settings.decoding, num_beams=settings.num_beams,
                          no_repeat_ngram_size=settings.no_repeat_ngram_size, progress=progress)
-    return texts, {"kind": kind, "is_encoder_decoder": model.config.arch == "encoder-decoder"}
+    return texts, {"kind": kind, "is_encoder_decoder": model.config.arch == "encoder-decoder",
+                   "decoding": settings.decoding or default_decoding(model.config)}
 
 
 def _load_hf(ckpt: Path) -> tuple[Any, Any, bool]:
@@ -151,7 +154,8 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, *, split: str = "test", setting
         "bleu": scores.get("bleu"), "nist": scores.get("nist"), "rouge_l": scores.get("rouge_l"),
         "chrf": scores.get("chrf"), "ser": scores.get("ser"),  # None where the task has no slot error rate
         **scores, "n": len(predictions), "task": task, "split": split, "limit": limit,
-        "decoding": {"strategy": "beam" if settings.num_beams > 1 else "greedy", **vars(settings)},
+        "decoding": {"strategy": "beam" if settings.num_beams > 1 else "greedy", **vars(settings),
+                     "decoding": info["decoding"]},
         "checkpoint": str(path), "checkpoint_kind": info["kind"], "model": training_args.get("model"),
         "time_s": round(decode_s, 3),  # decoding wall time (model loading and scoring excluded)
         "predictions_file": pred_path.name,
