@@ -210,6 +210,7 @@ def test_evaluate_cli_scores_a_student(capsys, tmp_path, teacher):
     assert evaluate.main(["--ckpt", str(tmp_path), "--limit", "3", "--max-new-tokens", "8", "--no-progress"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["n"] == 3 and record["checkpoint_kind"] == "student"
+    assert record["decoding"]["decoding"] == "client"  # an ER student's default, recorded as it ran
     _scores_are_the_predictions(tmp_path, record)
     assert evaluate.main(["--ckpt", str(tmp_path), "--limit", "3", "--num-beams", "2"]) == 2
 
