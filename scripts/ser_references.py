@@ -1,7 +1,10 @@
-"""Slot error rate of the human test references, each scored against its own source's slots.
+"""Slot error rate of the human test references, each scored against its own source's slots (or of a model's
+predictions, to see which slots it gets wrong).
 
     .venv/bin/python scripts/ser_references.py                       # E2E and MultiWOZ, the rules in mpcgen
     .venv/bin/python scripts/ser_references.py --sample 40 --seed 0  # and 40 flagged references to read
+    .venv/bin/python scripts/ser_references.py --tasks multiwoz \
+        --predictions stage1_ckpts/multiwoz_nlg-gpt2/predictions-test.txt --sample 5   # a model's errors by slot
     git show 7637607:mpcgen/metrics/ser.py > /tmp/ser_before.py
     .venv/bin/python scripts/ser_references.py --ser-module /tmp/ser_before.py   # the same, with older rules
 
@@ -54,6 +57,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed for --sample and --shuffled (default: 0)")
     parser.add_argument("--shuffled", action="store_true", help="also score references against another source")
     parser.add_argument(
+        "--predictions", type=Path,
+        help="score this file instead (one text per distinct source of the split, in order: nlg.evaluate's "
+             "predictions-<split>.txt); needs a single task in --tasks",
+    )  # fmt: skip
+    parser.add_argument(
         "--ser-module", type=Path,
         help="score with the slot rules in this file (a copy of mpcgen/metrics/ser.py, e.g. from an older commit)",
     )  # fmt: skip
@@ -85,6 +93,18 @@ def references(task: str, split: str, data_dir: Path) -> tuple[list[str], list[t
         texts.extend(group.references)
         slots.extend([group.slots] * len(group.references))
     return texts, slots
+
+
+def predictions(task: str, split: str, data_dir: Path, path: Path) -> tuple[list[str], list]:
+    """The texts of a predictions file, each paired with its source's slots (one line per distinct source)."""
+    if not path.is_file():
+        raise MpcgenError(f"--predictions {path} is not a file")
+    groups = load_grouped(task, split, data_dir)
+    texts = path.read_text(encoding="utf-8").splitlines()
+    if len(texts) != len(groups):
+        raise MpcgenError(f"--predictions {path} has {len(texts)} lines for the {len(groups)} distinct sources of "
+                          f"{task} {split} (a run with --limit scores only the first sources)")
+    return texts, [g.slots for g in groups]
 
 
 def _attribute(task: str, slot: str) -> str:
@@ -134,9 +154,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rules = load_rules(args.ser_module)
         logger.info("slot rules: %s; data: %s", rules.__file__, args.data_dir)
+        if args.predictions is not None and len(args.tasks) != 1:
+            raise MpcgenError("--predictions scores one task's file: name that task alone in --tasks")
         for name in args.tasks:
             task = canonical_task(name)
-            texts, slots = references(task, args.split, args.data_dir)
+            if args.predictions is not None:
+                texts, slots = predictions(task, args.split, args.data_dir, args.predictions)
+            else:
+                texts, slots = references(task, args.split, args.data_dir)
             report(rules, task, texts, slots, args)
     except MpcgenError as err:
         logger.error("error: %s", err)

@@ -281,3 +281,29 @@ def test_human_references_score_low_and_mismatched_ones_high(task, ceiling, data
     shuffled = texts[:]
     random.Random(0).shuffle(shuffled)
     assert slot_error_rate(shuffled, slots, task) > 0.9
+
+
+def test_ser_script_scores_a_predictions_file_by_slot(tmp_path, caplog, data_dir):
+    """``scripts/ser_references.py --predictions``: a model's errors by slot; a file of the wrong length or two tasks
+    at once are refused."""
+    import importlib.util
+    import logging
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "ser_references", Path(__file__).resolve().parents[1] / "scripts" / "ser_references.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    groups = load_grouped("e2e", "test", data_dir)
+    texts = [g.references[0] for g in groups]
+    texts[0] = "A place."  # drops every slot of the first MR
+    path = tmp_path / "predictions-test.txt"
+    path.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="ser_references"):
+        assert script.main(["--data-dir", str(data_dir), "--tasks", "e2e", "--predictions", str(path)]) == 0
+    expected = slot_error_rate(texts, [g.slots for g in groups], "e2e_nlg")
+    assert f"SER {100 * expected:.2f}%" in caplog.text and "missing name" in caplog.text
+    path.write_text("one line\n", encoding="utf-8")
+    assert script.main(["--data-dir", str(data_dir), "--tasks", "e2e", "--predictions", str(path)]) == 2
+    assert "has 1 lines for the 630 distinct sources" in caplog.text
+    assert script.main(["--data-dir", str(data_dir), "--predictions", str(path)]) == 2
