@@ -97,6 +97,9 @@ class DPArguments:
     dp_clipping: str = field(default="ghost", metadata={
         "help": "per-sample clipping without per-sample gradients (ghost, fast) | Opacus' per-sample gradients "
                 "(per-sample, the reference); both clip every example to --max-grad-norm"})
+    dp_physical_batch_size: Optional[int] = field(default=None, metadata={
+        "help": "ghost clipping: examples per backward pass; a larger --batch-size (the expected Poisson batch, one "
+                "DP step) is processed in chunks of this size (default: the whole batch at once)"})
 
 
 ARG_CLASSES = (DataArguments, ModelArguments, TrainArguments, DPArguments)
@@ -150,6 +153,11 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
         raise MpcgenError(f"unknown --accountant {pargs.accountant!r}; choose one of ['prv', 'rdp']")
     if pargs.dp_clipping not in T.CLIPPINGS:
         raise MpcgenError(f"unknown --dp-clipping {pargs.dp_clipping!r}; choose one of {sorted(T.CLIPPINGS)}")
+    if pargs.dp_physical_batch_size is not None:
+        if not pargs.dp or pargs.dp_clipping != "ghost":
+            raise MpcgenError("--dp-physical-batch-size needs --dp with --dp-clipping ghost")
+        if pargs.dp_physical_batch_size < 1:
+            raise MpcgenError(f"--dp-physical-batch-size must be >= 1, got {pargs.dp_physical_batch_size}")
     if targs.bf16 and pargs.dp:
         raise MpcgenError("--bf16 is not supported with --dp (Opacus computes per-sample gradients in float32)")
     out = Path(targs.out or f"stage1_ckpts/{task}-{margs.model}{'-dp' if pargs.dp else ''}")
@@ -209,7 +217,7 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
         sigma = T.plan_noise(target_epsilon=pargs.target_epsilon, delta=delta, sample_rate=rate, steps=total,
                              accountant=pargs.accountant)
         dp_plan = T.DPPlan(pargs.target_epsilon, delta, pargs.max_grad_norm, rate, total, sigma, pargs.accountant,
-                           frozen, clipping=pargs.dp_clipping)
+                           frozen, clipping=pargs.dp_clipping, physical_batch_size=pargs.dp_physical_batch_size)
         logger.info("DP-SGD (%s clipping): epsilon %.3g, delta %.3g, sample rate %.4g, %d steps -> noise multiplier "
                     "%.4g", pargs.dp_clipping, pargs.target_epsilon, delta, rate, total, sigma)
 

@@ -222,3 +222,27 @@ def test_epsilon_of_a_split_history_is_the_whole_one():
         whole = T.epsilon_from_history(kind, [(1.1, 0.01, 8)], 1e-5)
         assert accountant.history == [(1.1, 0.01, 8)]
         assert float(accountant.get_epsilon(delta=1e-5)) == pytest.approx(whole, rel=1e-9)
+
+
+@pytest.mark.parametrize("chunk", [None, 4, 1])
+def test_physical_chunks_add_up_to_the_whole_batch_clipped_sum(chunk):
+    """``Trainer._ghost_backward``: a Poisson batch cut into physical chunks leaves in p.grad exactly the clipped sum
+    of the whole batch (the slow reference), and returns the batch's mean loss."""
+    from types import SimpleNamespace
+
+    from mpcgen.train.clipping import GhostClipper
+
+    model = tiny("gpt2")
+    batch = batch_of("gpt2", rows("gpt2", B))
+    reference_model = tiny("gpt2")
+    reference_model.load_state_dict(model.state_dict())
+    expected, norms = reference_clipped_sum(reference_model, "gpt2", batch, 0.5)
+    assert max(norms) > 0.5 and min(norms) < 50  # some examples clipped
+    plan = T.DPPlan(8.0, 1e-5, 0.5, 0.5, 1, 0.0, "rdp", physical_batch_size=chunk)
+    trainer = SimpleNamespace(plan=SimpleNamespace(dp=plan), model=model, enc_dec=False,
+                              private=SimpleNamespace(clipper=GhostClipper(model, 0.5)))
+    loss = Trainer._ghost_backward(trainer, batch, 0, None)
+    assert_grads_close(model, expected)
+    with torch.no_grad():
+        mean = T.per_sample_loss(reference_model, batch, is_encoder_decoder=False).mean()
+    assert float(loss) == pytest.approx(float(mean), rel=1e-5)

@@ -194,3 +194,19 @@ def test_freeze_keeps_the_named_parameters_fixed_under_dp(capsys, tmp_path):
     assert torch.equal(trained["transformer.wte.weight"], init["transformer.wte.weight"])
     assert not torch.equal(trained["transformer.h.0.attn.c_attn.weight"], init["transformer.h.0.attn.c_attn.weight"])
     assert main([*TINY, "--out", str(tmp_path / "typo"), "--model", "gpt2", "--max-steps", "2", "--freeze", "wtf"]) == 2
+
+
+def test_dp_physical_batch_size_runs_and_is_recorded(capsys, tmp_path):
+    """The flag reaches the DP plan (its arithmetic: tests/test_dp.py), the accountant charges the same steps, and
+    it is refused without ghost-clipped DP."""
+    dp = ["--model", "gpt2", "--max-steps", "3", "--eval-every", "3", "--dp", "--target-epsilon", "8",
+          "--batch-size", "16", "--num-threads", "1"]
+    whole = finetune(capsys, tmp_path / "whole", *dp)
+    chunked = finetune(capsys, tmp_path / "chunked", *dp, "--dp-physical-batch-size", "3")
+    assert chunked["epsilon"] == pytest.approx(whole["epsilon"])
+    args = json.loads((tmp_path / "chunked" / "training_args.json").read_text())
+    assert args["dp"]["physical_batch_size"] == 3 and args["global_batch_size"] == 16
+    for extra in (["--dp-physical-batch-size", "4"], ["--dp", "--dp-clipping", "per-sample",
+                                                      "--dp-physical-batch-size", "4"],
+                  ["--dp", "--dp-physical-batch-size", "0"]):
+        assert main([*TINY, "--out", str(tmp_path / "bad"), "--model", "gpt2", "--max-steps", "2", *extra]) == 2

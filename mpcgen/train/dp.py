@@ -64,6 +64,10 @@ class DPPlan:
     accountant: str
     frozen_parameters: list[str] = field(default_factory=list)
     clipping: str = "ghost"  # one of CLIPPINGS
+    # Ghost clipping only: examples per backward pass. A Poisson batch (the logical batch the noise and the
+    # accountant see) is cut into chunks of this size whose clipped sums add up in p.grad, so large logical batches
+    # fit in memory; None: the whole batch at once.
+    physical_batch_size: Optional[int] = None
 
 
 def plan_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:

@@ -253,21 +253,17 @@ class Trainer:
                 loss = torch.tensor(float("nan"))
             else:
                 # bf16 autocast roughly halves step time on CPUs with AVX512-BF16/AMX; the loss stays float32.
-                with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.plan.bf16):
-                    losses = None
-                    if self.hooks.loss is not None:
-                        loss, parts = self.hooks.loss(self.model, batch)
-                    elif self.private is not None and self.private.clipper is not None:
-                        losses = per_sample_loss(self.model, batch, is_encoder_decoder=self.enc_dec)
-                        loss = losses.mean()
-                    else:
-                        loss, _ = sequence_loss(self.model, batch, is_encoder_decoder=self.enc_dec,
-                                                per_sample=self.plan.dp is not None)
-                if not torch.isfinite(loss.detach()).all():
-                    self._stop_on_nan(step + 1, float(loss.detach()), parts, writer)
-                if losses is not None:
-                    self.private.clipper.backward(losses)  # p.grad = sum of per-example clipped gradients
+                if self.private is not None and self.private.clipper is not None and self.hooks.loss is None:
+                    loss = self._ghost_backward(batch, step, writer)  # p.grad = sum of clipped per-example grads
                 else:
+                    with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.plan.bf16):
+                        if self.hooks.loss is not None:
+                            loss, parts = self.hooks.loss(self.model, batch)
+                        else:
+                            loss, _ = sequence_loss(self.model, batch, is_encoder_decoder=self.enc_dec,
+                                                    per_sample=self.plan.dp is not None)
+                    if not torch.isfinite(loss.detach()).all():
+                        self._stop_on_nan(step + 1, float(loss.detach()), parts, writer)
                     loss.backward()
                 if self.plan.dp is None:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.plan.max_grad_norm)
@@ -336,6 +332,24 @@ class Trainer:
         if self.world > 1:
             dist.broadcast(flag, src=0)
         return bool(flag)
+
+    def _ghost_backward(self, batch: dict[str, torch.Tensor], step: int, writer: Any) -> torch.Tensor:
+        """DP-SGD with ghost clipping: the clipped per-example gradients of ``batch`` summed into ``p.grad``, one
+        physical chunk (``DPPlan.physical_batch_size``) at a time; returns the batch's mean loss.
+
+        The whole Poisson batch is one DP step (one noise draw, one accountant charge, in ``optimizer.step()``);
+        chunks only bound the memory of a backward pass, and their clipped sums add up to the unchunked one."""
+        size = batch["input_ids"].shape[0]
+        chunk = self.plan.dp.physical_batch_size or size
+        total = 0.0
+        for lo in range(0, size, chunk):
+            part = {k: v[lo:lo + chunk] for k, v in batch.items()}
+            losses = per_sample_loss(self.model, part, is_encoder_decoder=self.enc_dec)
+            if not torch.isfinite(losses.detach()).all():
+                self._stop_on_nan(step + 1, float(losses.detach().mean()), {}, writer)
+            self.private.clipper.backward(losses)
+            total += float(losses.detach().sum())
+        return torch.tensor(total / size)
 
     def _empty_dp_step(self, optimizer) -> None:
         """A Poisson batch with no examples: DP-SGD still takes a (pure-noise) step, and the accountant counts it."""
