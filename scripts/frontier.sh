@@ -64,9 +64,9 @@ student() {  # name: distil, then score and cost it (distill.frontier caches bot
   minutes="$(awk -v m="${RECIPE[$name]%%|*}" -v s="$scale" 'BEGIN { print m * s }')"
   read -ra args <<< "${RECIPE[$name]#*|}"
   run "$PY" -m distill.run --teacher "$teacher" "${args[@]}" "${COMMON[@]}" --max-minutes "$minutes" \
-      --out "stage2_ckpts/frontier/$name" ${extra[@]+"${extra[@]}"}
+      --out "stage2_ckpts/frontier/$name" ${extra[@]+"${extra[@]}"} || return 1
   run "$PY" -m distill.frontier --teacher "$teacher" --students "stage2_ckpts/frontier/$name" \
-      --names teacher "$name" --out "$out"
+      --names teacher "$name" --out "$out" || return 1
 }
 
 declare -a LANE_OF LOAD
@@ -78,11 +78,14 @@ for name in "${ORDER[@]}"; do
   LOAD[$best]=$((LOAD[best] + ${RECIPE[$name]%%|*}))
 done
 
-lane() {
-  local i
+lane() {  # a student that fails is reported and the lane goes on with the next one
+  local i status=0
   for ((i = 0; i < ${#ORDER[@]}; i++)); do
-    if [[ ${LANE_OF[$i]} == "$1" ]]; then student "${ORDER[$i]}"; fi
+    if [[ ${LANE_OF[$i]} == "$1" ]]; then
+      student "${ORDER[$i]}" || { echo "frontier.sh: student ${ORDER[$i]} failed (see above)" >&2; status=1; }
+    fi
   done
+  return $status
 }
 
 pids=()
@@ -91,7 +94,13 @@ for ((l = 0; l < lanes; l++)); do
 done
 status=0
 for pid in ${pids[@]+"${pids[@]}"}; do wait "$pid" || status=1; done
-[[ $status == 0 ]] || { echo "frontier.sh: a lane failed (see above)" >&2; exit 1; }
 dirs=(); names=(teacher)
-for name in "${ORDER[@]}"; do dirs+=("stage2_ckpts/frontier/$name"); names+=("$name"); done
-run "$PY" -m distill.frontier --teacher "$teacher" --students "${dirs[@]}" --names "${names[@]}" --out "$out"
+for name in "${ORDER[@]}"; do
+  # The table holds the students that were distilled; a failed one is left out (and fails the script below).
+  if [[ $dry == 1 || -f "stage2_ckpts/frontier/$name/model.safetensors" ]]; then
+    dirs+=("stage2_ckpts/frontier/$name"); names+=("$name")
+  fi
+done
+run "$PY" -m distill.frontier --teacher "$teacher" --students ${dirs[@]+"${dirs[@]}"} --names "${names[@]}" \
+    --out "$out"
+[[ $status == 0 ]] || { echo "frontier.sh: a student failed (see above); the table leaves it out" >&2; exit 1; }
