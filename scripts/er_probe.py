@@ -56,10 +56,11 @@ def probe(ckpt: str, split: str = "validation", limit: int = 64, data_dir: str |
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     forced = model(input_ids=ids, attention_mask=mask)
     resent = model.resend_token(forced.hidden)[:, :-1]  # state t, as the input of position t + 1
-    own, nxt = token_embeddings(model, ids[:, :-1]), token_embeddings(model, ids[:, 1:])
+    emb = token_embeddings(model, ids)
+    own, nxt = emb[:, :-1], emb[:, 1:]
     keep = (labels[:, 1:] != IGNORE_INDEX) & (ids[:, :-1] != ids[:, 1:])
     generated = F.pad(keep, (1, 0))  # position t + 1's input is a token generation produces
-    x = torch.where(generated[..., None], F.pad(resent, (0, 0, 1, 0)), token_embeddings(model, ids))
+    x = torch.where(generated[..., None], F.pad(resent, (0, 0, 1, 0)), emb)
     fed = model(inputs_embeds=x, attention_mask=mask).logits[:, :-1].argmax(-1)
     target = ids[:, 1:]
     return {

@@ -1,9 +1,12 @@
-"""Helpers shared by the tests: tiny models (vocab 99, d 32, 2 layers, 4 heads) and per-host party commands."""
+"""Helpers shared by the tests: tiny models (vocab 99, d 32, 2 layers, 4 heads), per-host party commands and the
+scripts/ folder's modules."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import transformers as tf
@@ -164,3 +167,12 @@ def alive(pids: list[int]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return out
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -506,12 +506,9 @@ def test_frontier_script_covers_every_preset_and_its_commands_parse():
 
 
 def test_er_probe_reads_a_student_and_refuses_one_without_er(capsys, tmp_path, teacher, data_dir):
-    import importlib.util
+    from model_helpers import load_script
 
-    repo = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("er_probe", repo / "scripts" / "er_probe.py")
-    er_probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(er_probe)
+    er_probe = load_script("er_probe")
     distil(capsys, teacher, tmp_path / "merge", "merge", "--max-steps", "2", "--eval-every", "2")
     figures = er_probe.probe(str(tmp_path / "merge"), limit=8, data_dir=str(data_dir))
     assert figures["positions"] > 0

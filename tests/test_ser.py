@@ -286,14 +286,11 @@ def test_human_references_score_low_and_mismatched_ones_high(task, ceiling, data
 def test_ser_script_scores_a_predictions_file_by_slot(tmp_path, caplog, data_dir):
     """``scripts/ser_references.py --predictions``: a model's errors by slot; a file of the wrong length or two tasks
     at once are refused."""
-    import importlib.util
     import logging
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "ser_references", Path(__file__).resolve().parents[1] / "scripts" / "ser_references.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from model_helpers import load_script
+
+    script = load_script("ser_references")
     groups = load_grouped("e2e", "test", data_dir)
     texts = [g.references[0] for g in groups]
     texts[0] = "A place."  # drops every slot of the first MR
