@@ -1,4 +1,4 @@
-"""Time one DP-SGD training step against one plain step: same model, batch, data and dtype (float32).
+"""Time one DP-SGD training step against one plain step: same model, batch, data and dtype.
 
     python -m benchmark.dp_step --model gpt2 --size small --batch-size 64 --steps 8 --num-threads 1
 
@@ -10,7 +10,9 @@ each mode: ``non-dp`` (mean loss, backward, global norm clipping, AdamW: the loo
 Every mode sees the same batches; the modes take turns in rounds of ``--steps-per-round`` steps so that load from
 other processes spreads over all of them. The first ``--warmup`` steps of each mode are not timed (the ghost mode's
 first step also checks itself against autograd). Wall and process CPU time are both recorded: on a shared machine
-the CPU time is the steadier figure.
+the CPU time is the steadier figure. The forwards run in float32, or under bfloat16 autocast with ``--bf16`` as
+``nlg.finetune --bf16`` runs them (ghost clipping then computes norms and the clipped sum in float32; the
+``per-sample`` mode refuses it).
 
 Logs go to stderr; the last stdout line is the record as JSON, also written (atomically) to ``--json``.
 """
@@ -55,6 +57,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--noise-multiplier", type=float, default=1.0)
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--num-threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast forwards (not with per-sample)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="log the top operators of one step of each mode")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"record file (default {DEFAULT_JSON})")
@@ -63,6 +66,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     bad = [m for m in args.modes if m not in MODES]
     if bad or not args.modes:
         parser.error(f"unknown --modes {bad}; choose from {sorted(MODES)}")
+    if args.bf16 and "per-sample" in args.modes:
+        parser.error("--bf16 times non-dp and ghost only (Opacus' per-sample gradients are float32)")
     return args
 
 
@@ -101,7 +106,8 @@ def make_step(mode: str, args: argparse.Namespace, tokenizer: Any, rows: list[di
     optimizer = torch.optim.AdamW(T.weight_decay_groups(params, 0.01), lr=1e-3)
     if mode == "non-dp":
         def step(batch: dict) -> float:
-            loss, _ = T.sequence_loss(model, batch, is_encoder_decoder=enc_dec)
+            with _autocast(args):
+                loss, _ = T.sequence_loss(model, batch, is_encoder_decoder=enc_dec)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
@@ -120,7 +126,8 @@ def make_step(mode: str, args: argparse.Namespace, tokenizer: Any, rows: list[di
 
     def dp_step(batch: dict) -> float:
         if private.clipper is not None:
-            losses = T.per_sample_loss(dp_model, batch, is_encoder_decoder=enc_dec)
+            with _autocast(args):
+                losses = T.per_sample_loss(dp_model, batch, is_encoder_decoder=enc_dec)
             private.clipper.backward(losses)
             loss = losses.mean()
         else:
@@ -130,6 +137,10 @@ def make_step(mode: str, args: argparse.Namespace, tokenizer: Any, rows: list[di
         dp_optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
     return dp_step
+
+
+def _autocast(args: argparse.Namespace) -> torch.autocast:
+    return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=args.bf16)
 
 
 def profile_step(mode: str, step: Callable[[dict], float], batch: dict) -> None:
@@ -183,7 +194,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                              "cpu_mean": summary[m]["cpu_mean_s"] / base["cpu_mean_s"]}
     lengths = [int(b["input_ids"].shape[1]) for b in batches]
     return {"benchmark": "dp_step", "model": args.model, "size": args.size, "batch_size": args.batch_size,
-            "dtype": "float32", "vocab": len(tokenizer), "max_length": args.max_length,
+            "dtype": "bf16 autocast" if args.bf16 else "float32", "vocab": len(tokenizer), "max_length": args.max_length,
             "data": "random" if args.seq_len else "e2e", "padded_lengths": lengths,
             "mean_padded_length": statistics.mean(lengths), "threads": args.num_threads, "steps": args.steps,
             "warmup": args.warmup, "noise_multiplier": args.noise_multiplier, "max_grad_norm": args.max_grad_norm,

@@ -34,7 +34,7 @@ from transformers import HfArgumentParser
 from mpcgen import distill as D
 from mpcgen import train as T
 from mpcgen.checkpoint import check_resume_settings, find_resume
-from mpcgen.data import canonical_task, resolve_data_dir
+from mpcgen.data import canonical_task, delex, resolve_data_dir
 from mpcgen.errors import MpcgenError
 from mpcgen.models import PRESETS
 from mpcgen.tokenization import TRUNCATIONS
@@ -193,6 +193,9 @@ def run(sargs: StudentArguments, largs: LossArguments, targs: TrainArguments) ->
     tokenizer = getattr(student, "tokenizer", None)
     if tokenizer is None:
         raise MpcgenError(f"--teacher {sargs.teacher} holds no tokenizer files; the student needs the teacher's")
+    scheme = delex.scheme_of(tokenizer)
+    if scheme is not None:  # the teacher learnt delexicalised pairs: the student learns the same
+        train_ex, val_ex = delex.delexicalise_examples(train_ex, scheme), delex.delexicalise_examples(val_ex, scheme)
     TRUNCATIONS.clear()
     train_rows = T.encode_examples(tokenizer, train_ex, is_encoder_decoder=encoder_decoder, max_length=max_length)
     val_rows = T.encode_examples(tokenizer, val_ex, is_encoder_decoder=encoder_decoder, max_length=max_length)

@@ -4,7 +4,9 @@ The kind of checkpoint comes from :func:`mpcgen.models.loading.model_kind`. A st
 decoded with Hugging Face ``generate`` (greedy or beam search, :func:`mpcgen.generation.hf.generate_texts`); an
 mpcgen model (a stage-2 student) with the decoding loop that private generation runs
 (:func:`mpcgen.generation.texts.decode_texts`: ER rollout for Embedding Resending students, the greedy token choice
-otherwise; ``decoding`` picks another). ``python -m nlg.evaluate`` is the command line.
+otherwise; ``decoding`` picks another). A model trained on delexicalised data (:mod:`mpcgen.data.delex`) decodes
+the delexicalised sources and its texts get their values back before scoring. ``python -m nlg.evaluate`` is the
+command line.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpcgen.data import delex
 from mpcgen.errors import MpcgenError
 from mpcgen.models.loading import model_kind, read_training_args
 
@@ -51,10 +54,12 @@ def decode_sources(ckpt: str | os.PathLike, sources: list[str], settings: EvalSe
         if settings.decoding is not None:
             raise MpcgenError("--decoding is for mpcgen models; a Hugging Face teacher decodes with generate()")
         model, tokenizer, is_ed = _load_hf(path)
+        sources, values = delex.prepare(tokenizer, sources)
         texts = generate_texts(model, tokenizer, sources, is_encoder_decoder=is_ed,
                                max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams, batch_size=settings.batch_size,
                                length_penalty=settings.length_penalty,
                                no_repeat_ngram_size=settings.no_repeat_ngram_size, progress=progress)
+        texts = [delex.relexicalise(t, v) for t, v in zip(texts, values)]
         return texts, {"kind": kind, "is_encoder_decoder": is_ed, "decoding": None}
     from mpcgen.generation.loop import default_decoding
     from mpcgen.generation.texts import decode_texts
@@ -64,9 +69,11 @@ def decode_sources(ckpt: str | os.PathLike, sources: list[str], settings: EvalSe
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise MpcgenError(f"{path}: the student checkpoint has no tokenizer files")
+    sources, values = delex.prepare(tokenizer, sources)
     texts = decode_texts(model, tokenizer, sources, max_new_tokens=settings.max_new_tokens,
                          batch_size=settings.batch_size, decoding=settings.decoding, num_beams=settings.num_beams,
                          no_repeat_ngram_size=settings.no_repeat_ngram_size, progress=progress)
+    texts = [delex.relexicalise(t, v) for t, v in zip(texts, values)]
     return texts, {"kind": kind, "is_encoder_decoder": model.config.arch == "encoder-decoder",
                    "decoding": settings.decoding or default_decoding(model.config)}
 

@@ -27,7 +27,8 @@ import torch.distributed as dist
 from transformers import HfArgumentParser
 
 from mpcgen import train as T
-from mpcgen.data import canonical_task, resolve_data_dir
+from mpcgen.data import canonical_task, delex, resolve_data_dir
+from mpcgen.data.delex import DELEX_TASKS
 from mpcgen.errors import MpcgenError
 from mpcgen.models.config import FAMILIES
 from mpcgen.tokenization import TRUNCATIONS, train_bpe_tokenizer
@@ -48,6 +49,10 @@ class DataArguments:
     limit_val: int = field(default=1000, metadata={"help": "validation examples used for the validation loss"})
     holdout_percent: float = field(default=5.0, metadata={
         "help": "tasks without a train split (multiwoz): percent of validation sources held out for validation"})
+    delex: Optional[str] = field(default=None, metadata={
+        "help": "delexicalise copy-type slots (multiwoz: names, refs, ids, addresses, phones, times...): "
+                "placeholders in sources and targets, values re-inserted by the client after decoding "
+                "(mpcgen.data.delex); recorded in the tokenizer"})
 
 
 @dataclass
@@ -83,7 +88,7 @@ class TrainArguments:
     seed: int = field(default=0, metadata={"help": "random seed"})
     num_threads: Optional[int] = field(default=None, metadata={"help": "torch threads per process (default cores/procs)"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast for the forward pass (faster on CPUs "
-                                                    "with AVX512-BF16/AMX); not with --dp"})
+                                                    "with AVX512-BF16/AMX); with --dp, ghost clipping only"})
     resume: str = field(default="auto", metadata={"help": "auto: continue from <out>/resume if present | yes | no"})
 
 
@@ -104,7 +109,7 @@ class DPArguments:
 
 ARG_CLASSES = (DataArguments, ModelArguments, TrainArguments, DPArguments)
 # A resume state is only valid for the same task, model and training mode.
-RESUME_KEYS = ("task", "model", "init", "name_or_path", "size", "lora", "dp_enabled", "max_length", "freeze")
+RESUME_KEYS = ("task", "model", "init", "name_or_path", "size", "lora", "dp_enabled", "max_length", "freeze", "delex")
 
 
 def _dist() -> tuple[int, int]:
@@ -151,6 +156,9 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
         raise MpcgenError(f"unknown --resume {targs.resume!r}; choose one of ['auto', 'no', 'yes']")
     if pargs.accountant not in ("rdp", "prv"):
         raise MpcgenError(f"unknown --accountant {pargs.accountant!r}; choose one of ['prv', 'rdp']")
+    if dargs.delex is not None and DELEX_TASKS[delex.check_scheme(dargs.delex)] not in tasks:
+        raise MpcgenError(f"--delex {dargs.delex} applies to task {DELEX_TASKS[dargs.delex]}, which --task "
+                          f"{dargs.task!r} does not include")
     if pargs.dp_clipping not in T.CLIPPINGS:
         raise MpcgenError(f"unknown --dp-clipping {pargs.dp_clipping!r}; choose one of {sorted(T.CLIPPINGS)}")
     if pargs.dp_physical_batch_size is not None:
@@ -158,8 +166,8 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
             raise MpcgenError("--dp-physical-batch-size needs --dp with --dp-clipping ghost")
         if pargs.dp_physical_batch_size < 1:
             raise MpcgenError(f"--dp-physical-batch-size must be >= 1, got {pargs.dp_physical_batch_size}")
-    if targs.bf16 and pargs.dp:
-        raise MpcgenError("--bf16 is not supported with --dp (Opacus computes per-sample gradients in float32)")
+    if targs.bf16 and pargs.dp and pargs.dp_clipping != "ghost":
+        raise MpcgenError("--bf16 with --dp needs --dp-clipping ghost (Opacus' per-sample gradients are float32)")
     out = Path(targs.out or f"stage1_ckpts/{task}-{margs.model}{'-dp' if pargs.dp else ''}")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -176,6 +184,8 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
     train_ex, val_ex, splits = [], [], []
     for name in tasks:
         train_t, val_t, split_t = load_splits(name, dargs.data_dir, dargs.holdout_percent)
+        if dargs.delex is not None and name == DELEX_TASKS[dargs.delex]:
+            train_t, val_t = delex.delexicalise_examples(train_t, dargs.delex), delex.delexicalise_examples(val_t, dargs.delex)
         train_ex += train_t[: dargs.limit_train] if dargs.limit_train else train_t
         # Validation interleaved by task, so --limit-val keeps a share of each.
         val_ex.append(val_t)
@@ -185,6 +195,7 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
     train_split = "+".join(splits)
     model, tokenizer = build(margs, dargs.max_length, [t for ex in train_ex for t in (ex.source, ex.target)],
                              rank, world, resume_dir)
+    delex.mark(tokenizer, dargs.delex)  # what the data was, whatever a pretrained tokenizer said before
     TRUNCATIONS.clear()
     encode = dict(is_encoder_decoder=spec.is_encoder_decoder, max_length=dargs.max_length)
     train_rows, val_rows = T.encode_examples(tokenizer, train_ex, **encode), T.encode_examples(tokenizer, val_ex, **encode)

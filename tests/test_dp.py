@@ -104,6 +104,39 @@ def test_ghost_clipping_equals_per_example_clipping(family):
         assert "transformer.wte.weight" not in result.materialised
 
 
+def test_ghost_clipping_under_bf16_autocast_matches_per_example_clipping():
+    """``--bf16 --dp``: the forward runs in bf16 and the clipper computes norms and the clipped sum in float32 from
+    the same captured tensors; both agree with per-example clipping of the bf16 model to bf16's precision, and the
+    first backward's self-check (against autograd's bf16 gradients) passes."""
+    model = tiny("gpt2")
+    batch = batch_of("gpt2", rows("gpt2", B))
+    reference_model = tiny("gpt2")
+    reference_model.load_state_dict(model.state_dict())
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        _, norms = reference_clipped_sum(reference_model, "gpt2", batch, 1e9)
+        max_norm = sorted(norms)[B // 2]
+        expected, _ = reference_clipped_sum(reference_model, "gpt2", batch, max_norm)
+        clipper = T.GhostClipper(model, max_norm)
+        losses = T.per_sample_loss(model, batch, is_encoder_decoder=False)
+    with torch.no_grad():
+        full = T.per_sample_loss(tiny_copy(model), batch, is_encoder_decoder=False)
+    assert not torch.equal(losses.detach(), full), "autocast did not change the forward: the test tests nothing"
+    result = clipper.backward(losses)
+    torch.testing.assert_close(result.norms, torch.tensor(norms), rtol=3e-2, atol=1e-4)
+    assert float((result.factors * result.norms).max()) <= max_norm * (1 + 1e-5)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad.dtype == torch.float32
+            err = float((p.grad - expected[name]).abs().max())
+            assert err <= 3e-2 * float(expected[name].abs().max()) + 1e-4, (name, err)
+
+
+def tiny_copy(model: nn.Module) -> nn.Module:
+    copy = tiny("gpt2")
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
 @pytest.mark.parametrize("clipping", ["ghost", "per-sample"])
 def test_private_step_with_zero_noise_applies_the_clipped_mean(clipping):
     """The whole private step (clipping, Opacus' optimizer with noise 0, SGD lr 1): w <- w - clipped sum / B."""
@@ -239,7 +272,7 @@ def test_physical_chunks_add_up_to_the_whole_batch_clipped_sum(chunk):
     expected, norms = reference_clipped_sum(reference_model, "gpt2", batch, 0.5)
     assert max(norms) > 0.5 and min(norms) < 50  # some examples clipped
     plan = T.DPPlan(8.0, 1e-5, 0.5, 0.5, 1, 0.0, "rdp", physical_batch_size=chunk)
-    trainer = SimpleNamespace(plan=SimpleNamespace(dp=plan), model=model, enc_dec=False,
+    trainer = SimpleNamespace(plan=SimpleNamespace(dp=plan, bf16=False), model=model, enc_dec=False,
                               private=SimpleNamespace(clipper=GhostClipper(model, 0.5)))
     loss = Trainer._ghost_backward(trainer, batch, 0, None)
     assert_grads_close(model, expected)

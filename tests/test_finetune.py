@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -206,7 +207,10 @@ def test_dp_physical_batch_size_runs_and_is_recorded(capsys, tmp_path):
     assert chunked["epsilon"] == pytest.approx(whole["epsilon"])
     args = json.loads((tmp_path / "chunked" / "training_args.json").read_text())
     assert args["dp"]["physical_batch_size"] == 3 and args["global_batch_size"] == 16
+    # bf16 forwards with ghost clipping (its arithmetic: tests/test_dp.py); Opacus' per-sample mode refuses them.
+    bf16 = finetune(capsys, tmp_path / "bf16", *dp, "--dp-physical-batch-size", "3", "--bf16")
+    assert bf16["epsilon"] == pytest.approx(whole["epsilon"]) and math.isfinite(bf16["train_loss"])
     for extra in (["--dp-physical-batch-size", "4"], ["--dp", "--dp-clipping", "per-sample",
                                                       "--dp-physical-batch-size", "4"],
-                  ["--dp", "--dp-physical-batch-size", "0"]):
+                  ["--dp", "--dp-physical-batch-size", "0"], ["--dp", "--dp-clipping", "per-sample", "--bf16"]):
         assert main([*TINY, "--out", str(tmp_path / "bad"), "--model", "gpt2", "--max-steps", "2", *extra]) == 2

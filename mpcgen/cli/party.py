@@ -126,8 +126,10 @@ def _server_model(args: argparse.Namespace) -> Any:
     return load_model(args.model, preset=args.preset)
 
 
-def _client_prompts(args: argparse.Namespace, model: Any) -> tuple[list[Any], list[list[int]], Any]:
-    """The client's prompts (texts or ids), their ids, and the tokenizer (None for ready ids)."""
+def _client_prompts(args: argparse.Namespace, model: Any) -> tuple[list[Any], list[list[int]], Any, list[dict]]:
+    """The client's prompts (texts or ids), their ids, the tokenizer (None for ready ids), and the slot values a
+    delexicalising tokenizer keeps on the client (:mod:`mpcgen.data.delex`)."""
+    from mpcgen.data import delex
     from mpcgen.generation.inputs import encode_client_text
     from mpcgen.models.loading import load_tokenizer
 
@@ -138,14 +140,15 @@ def _client_prompts(args: argparse.Namespace, model: Any) -> tuple[list[Any], li
             raise MpcgenError(f"--prompt-ids {args.prompt_ids}: {err}") from None
         if not isinstance(ids, list) or not all(isinstance(p, list) for p in ids):
             raise MpcgenError("--prompt-ids must hold a JSON list of token id lists")
-        return ids, ids, None
+        return ids, ids, None, [{} for _ in ids]
     prompts = read_prompts(args.prompt, args.input_file)
     source = args.tokenizer or args.model
     if not source:
         raise MpcgenError("the client needs --tokenizer DIR (the model's public tokenizer folder)")
     tokenizer = load_tokenizer(source)
+    inputs, values = delex.prepare(tokenizer, prompts)
     # Text -> ids here, checked against the server's config inside the session (the client knows it then).
-    return prompts, [encode_client_text(tokenizer, p, model) for p in prompts], tokenizer
+    return prompts, [encode_client_text(tokenizer, p, model) for p in inputs], tokenizer, values
 
 
 def run_generate(args: argparse.Namespace, rank: int) -> dict[str, Any] | None:
@@ -155,9 +158,9 @@ def run_generate(args: argparse.Namespace, rank: int) -> dict[str, Any] | None:
     if args.role != "client" and (args.prompt or args.input_file or args.prompt_ids):
         raise MpcgenError("only the client holds prompts: drop --prompt / --input-file / --prompt-ids")
     model = _server_model(args)
-    prompts = ids = tokenizer = chooser = None
+    prompts = ids = tokenizer = chooser = values = None
     if args.role == "client":
-        prompts, ids, tokenizer = _client_prompts(args, model)
+        prompts, ids, tokenizer, values = _client_prompts(args, model)
         chooser = chooser_from_args(args)
     out = _joined(args, rank, lambda: generation_party(
         rank, model, ids, chooser, max_new_tokens=args.max_new_tokens, decoding=args.decoding, weights=args.weights,
@@ -169,7 +172,7 @@ def run_generate(args: argparse.Namespace, rank: int) -> dict[str, Any] | None:
         return {"role": args.role, "costs": [c.to_dict() for c in out.costs]}
     # Ready ids (benchmarks) come without a tokenizer: their tokens are kept whole.
     eos = tokenizer.eos_token_id if tokenizer is not None else None
-    results = results_for(prompts, ids, out.tokens, out.stats, tokenizer, eos)
+    results = results_for(prompts, ids, out.tokens, out.stats, tokenizer, eos, values)
     for result in results:
         print(result.text)
         print(f"  {summary_line(result)}")

@@ -40,11 +40,13 @@ import copy
 import functools
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from mpcgen.data import delex
 from mpcgen.errors import MpcgenError
 from mpcgen.generation.inputs import Prompt, encode_prompts, resolve_tokenizer
 from mpcgen.generation.loop import Hooks, check_decoding, decode, default_decoding, plan_batches, truncate_at_eos
@@ -359,14 +361,19 @@ def _without_tokenizer(model: nn.Module) -> nn.Module:
 
 
 def results_for(prompts: Sequence[Prompt], ids: list[list[int]], tokens: list[list[int]],
-                stats: list[GenerationStats], tokenizer: Any, eos: int | None) -> list[PrivateGeneration]:
-    """The client's :class:`PrivateGeneration` per prompt: tokens cut after the first eos, and their text."""
+                stats: list[GenerationStats], tokenizer: Any, eos: int | None,
+                values: Sequence[Mapping[str, str]] | None = None) -> list[PrivateGeneration]:
+    """The client's :class:`PrivateGeneration` per prompt: tokens cut after the first eos, and their text (with
+    ``values[i]``, the slot values a delexicalised prompt left out, put back: :mod:`mpcgen.data.delex`)."""
+    from mpcgen.data.delex import relexicalise
     from mpcgen.tokenization import decode_output
 
     out = []
     for i, prompt in enumerate(prompts):
         kept = truncate_at_eos(tokens[i], eos)
         text = decode_output(tokenizer, kept) if tokenizer is not None else ""
+        if values is not None:
+            text = relexicalise(text, values[i])
         out.append(PrivateGeneration(text=text, tokens=kept, stats=stats[i],
                                      prompt=prompt if isinstance(prompt, str) else None, prompt_ids=ids[i],
                                      all_tokens=tokens[i]))
@@ -449,7 +456,8 @@ def generate_private(
     check_decoding(decoding, model.config)
     if chooser is not None and decoding != "client":
         raise MpcgenError(f"a token chooser (sampling settings) needs decoding 'client', not {decoding!r}")
-    ids = encode_prompts(prompts, tok, model.config, max_new_tokens)
+    inputs, values = delex.prepare(tok, prompts)  # client side: copy-type values never enter the MPC
+    ids = encode_prompts(inputs, tok, model.config, max_new_tokens)
     plan_batches([len(p) for p in ids], batch_size)  # checks batch_size here rather than in a party
     if rendezvous is not None:
         check_rendezvous(rendezvous, SERVER)  # a port in use is a one-line error here, before any process starts
@@ -460,7 +468,7 @@ def generate_private(
     results = run_parties(fn, provider=provider, timeout=timeout, rendezvous=rendezvous,
                           party_args={SERVER: (bare,), CLIENT: client_args}, tls=tls)
     client = results[CLIENT]
-    return results_for(prompts, ids, client.tokens, client.stats, tok, eos_id(tok, model.config))
+    return results_for(prompts, ids, client.tokens, client.stats, tok, eos_id(tok, model.config), values)
 
 
 def generate_plain(
@@ -491,7 +499,8 @@ def generate_plain(
     tok = resolve_tokenizer(model, tokenizer)
     decoding = decoding or default_decoding(model.config)
     check_decoding(decoding, model.config)
-    ids = encode_prompts(prompts, tok, model.config, max_new_tokens)
+    inputs, values = delex.prepare(tok, prompts)
+    ids = encode_prompts(inputs, tok, model.config, max_new_tokens)
     runnable = prepare_for_inference(model) if prepare else model
     tokens: list[list[int]] = [[] for _ in ids]
     stats: list[Any] = [None] * len(ids)
@@ -508,7 +517,7 @@ def generate_plain(
                                           batch_size=len(batch), phases=hooks.phases())
             for row, i in enumerate(batch):
                 tokens[i], stats[i] = out[row].tolist(), batch_stats
-    return results_for(prompts, ids, tokens, stats, tok, eos_id(tok, model.config))
+    return results_for(prompts, ids, tokens, stats, tok, eos_id(tok, model.config), values)
 
 
 __all__ = ["GenerationStats", "MpcHooks", "PartyGeneration", "PrivateGeneration", "TimedHooks", "generate_plain",

@@ -344,7 +344,8 @@ class Trainer:
         total = 0.0
         for lo in range(0, size, chunk):
             part = {k: v[lo:lo + chunk] for k, v in batch.items()}
-            losses = per_sample_loss(self.model, part, is_encoder_decoder=self.enc_dec)
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.plan.bf16):
+                losses = per_sample_loss(self.model, part, is_encoder_decoder=self.enc_dec)
             if not torch.isfinite(losses.detach()).all():
                 self._stop_on_nan(step + 1, float(losses.detach().mean()), {}, writer)
             self.private.clipper.backward(losses)

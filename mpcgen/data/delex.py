@@ -1,0 +1,157 @@
+"""Delexicalisation: copy-type slot values leave the model's input and output, and the client puts them back.
+
+A small model trained on a few thousand MultiWOZ turns cannot copy booking references, train ids, phone numbers or
+street addresses character by character (`Ref = MUFCMYFF` -> "MUFYCM"): those values cause most of its slot errors.
+The common remedy in MultiWOZ NLG is to replace them by placeholders in the source and the target, train on
+that, and re-insert the values into the generated text. Here that is a client-side step around the model:
+
+    source  Train-Inform ( Id = TR1840 ; Leave = 16:36 )
+    model   Train-Inform ( Id = [train_id] ; Leave = [train_leave] )  ->  "I have [train_id] leaving at [train_leave] ."
+    client  "I have TR1840 leaving at 16:36 ."
+
+The values never enter the secure computation (the client keeps them), and the server learns only which slots
+the act set has, which the source's structure shows anyway.
+
+A scheme names the slots it replaces (:data:`SCHEMES`). A model trained with one carries its name in its
+tokenizer's config (``mpcgen_delex`` in ``tokenizer_config.json``, :func:`mark`), so every checkpoint that copies
+the tokenizer (students included) and every entry point (evaluation, private and plaintext generation) applies the
+same scheme: :func:`scheme_of` reads it, :func:`prepare` turns sources into model inputs and the values to restore,
+:func:`relexicalise` restores them.
+
+Placeholders are ``[domain_slot]`` in lower case (``[restaurant_name]``); a second distinct value of the same
+domain and slot in one act set gets ``[domain_slot_2]``, and one value given by two acts shares one placeholder.
+Targets get a placeholder wherever the value occurs verbatim (case-insensitive, not inside a longer word); a value
+the reference paraphrases stays as written. A placeholder the model generates that the source did not have stays
+in the text as is (an error the slot error rate then counts; it is not hidden).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mpcgen.data.multiwoz import NON_VALUES
+from mpcgen.errors import MpcgenError
+
+# MultiWOZ slots whose values are copied rather than chosen: names, references, ids, addresses, phones, postcodes,
+# times, prices, places and car types. Categorical slots (area, price range, food, stars, day, counts) stay.
+MULTIWOZ_COPY_SLOTS = frozenset({"Name", "Ref", "Addr", "Id", "Phone", "Post", "Leave", "Arrive", "Time", "Ticket",
+                                 "Dest", "Depart", "Fee", "Car"})
+SCHEMES: dict[str, frozenset[str]] = {"multiwoz": MULTIWOZ_COPY_SLOTS}
+DELEX_TASKS: dict[str, str] = {"multiwoz": "multiwoz_nlg"}  # scheme -> the task whose sources it reads
+TOKENIZER_KEY = "mpcgen_delex"
+
+_GROUP = re.compile(r"(?:^|(?<= ))([A-Za-z]+-[A-Za-z]+) \(")
+_PLACEHOLDER = re.compile(r"\[[a-z]+_[a-z]+(?:_\d+)?\]")
+
+Values = dict[str, str]  # placeholder -> the value it stands for
+
+
+def check_scheme(scheme: str) -> str:
+    if scheme not in SCHEMES:
+        raise MpcgenError(f"unknown delexicalisation scheme {scheme!r}; choose one of {sorted(SCHEMES)}")
+    return scheme
+
+
+def parse_source(source: str) -> list[tuple[str, str, str]]:
+    """A MultiWOZ source (:func:`mpcgen.data.multiwoz.linearise_acts`) back into ``(intent, slot, value)`` triples;
+    a group without slots gives ``(intent, "none", "none")``."""
+    starts = list(_GROUP.finditer(source))
+    if not starts or starts[0].start() != 0:
+        raise MpcgenError(f"not a MultiWOZ act source (expected 'Domain-Intent ( Slot = value ; ... )'): {source!r}")
+    acts = []
+    for match, after in zip(starts, starts[1:] + [None]):
+        body = source[match.end(): after.start() if after is not None else len(source)].strip()
+        if not body.endswith(")"):
+            raise MpcgenError(f"act group {match.group(1)!r} is not closed by ')' in {source!r}")
+        body = body[:-1].strip()
+        if not body:
+            acts.append((match.group(1), "none", "none"))
+            continue
+        for part in body.split(" ; "):
+            slot, sep, value = part.partition(" = ")
+            if not sep:
+                raise MpcgenError(f"act group {match.group(1)!r}: {part!r} is not 'Slot = value' in {source!r}")
+            acts.append((match.group(1), slot.strip(), value.strip()))
+    return acts
+
+
+def delexicalise_source(source: str, scheme: str) -> tuple[str, Values]:
+    """``(source with placeholders, {placeholder: value})`` for one MultiWOZ source."""
+    from mpcgen.data.multiwoz import linearise_acts
+
+    slots = SCHEMES[check_scheme(scheme)]
+    values: Values = {}
+    by_value: dict[str, str] = {}
+    acts = []
+    for intent, slot, value in parse_source(source):
+        if slot in slots and value.lower() not in NON_VALUES:
+            key = value.lower()
+            if key not in by_value:
+                base = f"{intent.split('-')[0].lower()}_{slot.lower()}"
+                name, n = f"[{base}]", 1
+                while name in values:
+                    n += 1
+                    name = f"[{base}_{n}]"
+                by_value[key], values[name] = name, value
+            value = by_value[key]
+        acts.append((intent, slot, value))
+    return linearise_acts(acts)[0], values
+
+
+def delexicalise_target(target: str, values: Mapping[str, str]) -> str:
+    """``target`` with every verbatim occurrence of a value replaced by its placeholder (longest values first, one
+    pass, so a placeholder's own letters are never matched again)."""
+    if not values:
+        return target
+    by_value = {v.lower(): k for k, v in values.items()}
+    pattern = "|".join(re.escape(v) for v in sorted(by_value, key=len, reverse=True))
+    return re.sub(rf"(?<![A-Za-z0-9])(?:{pattern})(?![A-Za-z0-9])", lambda m: by_value[m.group(0).lower()], target,
+                  flags=re.IGNORECASE)
+
+
+def relexicalise(text: str, values: Mapping[str, str]) -> str:
+    """The generated ``text`` with each known placeholder replaced by its value (unknown ones are left as they are)."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(0), m.group(0)), text)
+
+
+def delexicalise_example(source: str, target: str, scheme: str) -> tuple[str, str]:
+    """A training pair in the scheme's form."""
+    src, values = delexicalise_source(source, scheme)
+    return src, delexicalise_target(target, values)
+
+
+def delexicalise_examples(examples: Sequence[Any], scheme: str) -> list[Any]:
+    """:class:`mpcgen.data.Example` pairs in the scheme's form (the training data of a delexicalised model)."""
+    from mpcgen.data import Example
+
+    return [Example(*delexicalise_example(ex.source, ex.target, scheme)) for ex in examples]
+
+
+def mark(tokenizer: Any, scheme: str | None) -> None:
+    """Record the scheme in the tokenizer (saved with it in ``tokenizer_config.json``)."""
+    if scheme is None:
+        tokenizer.init_kwargs.pop(TOKENIZER_KEY, None)
+    else:
+        tokenizer.init_kwargs[TOKENIZER_KEY] = check_scheme(scheme)
+
+
+def scheme_of(tokenizer: Any) -> str | None:
+    """The scheme a model's tokenizer was trained with, or None."""
+    scheme = (getattr(tokenizer, "init_kwargs", None) or {}).get(TOKENIZER_KEY)
+    return check_scheme(scheme) if scheme is not None else None
+
+
+def prepare(tokenizer: Any, sources: Sequence[Any]) -> tuple[list[Any], list[Values]]:
+    """Client side: the model inputs for ``sources`` and the values to restore in each output. Without a scheme
+    (or for prompts given as token ids) the inputs are the sources and nothing is restored."""
+    scheme = scheme_of(tokenizer) if tokenizer is not None else None
+    if scheme is None:
+        return list(sources), [{} for _ in sources]
+    pairs = [delexicalise_source(s, scheme) if isinstance(s, str) else (s, {}) for s in sources]
+    return [p for p, _ in pairs], [v for _, v in pairs]
+
+
+__all__ = ["DELEX_TASKS", "MULTIWOZ_COPY_SLOTS", "SCHEMES", "delexicalise_example", "delexicalise_examples",
+           "delexicalise_source", "delexicalise_target", "mark", "parse_source", "prepare", "relexicalise", "scheme_of"]
