@@ -52,7 +52,12 @@ class StudentArguments:
     max_length: Optional[int] = field(default=None, metadata={"help": "max tokens per sequence (default: teacher's)"})
     limit_train: Optional[int] = field(default=None, metadata={"help": "use only the first N training examples"})
     limit_val: int = field(default=500, metadata={"help": "validation examples for the validation objective"})
-    holdout_percent: float = field(default=5.0, metadata={"help": "tasks without a train split: held-out percent"})
+    holdout_percent: float = field(default=5.0, metadata={
+        "help": "held-out percent of sources for validation: tasks without a train split, and --train-file"})
+    train_file: Optional[str] = field(default=None, metadata={
+        "help": "JSON Lines of {source, target} to distil on instead of the task's data (train and validation "
+                "both, by --holdout-percent): e.g. a DP teacher's texts on public inputs, so that the student "
+                "never sees the private training set (scripts/public_distill_data.py)"})
     constant_attention_layers: Optional[str] = field(default=None, metadata={
         "help": "layers with constant attention: all | none | comma-separated indices (default: the preset's); "
                 "encoder-decoders: decoder layers (self- and cross-attention), the encoder keeps the preset's"})
@@ -112,7 +117,8 @@ class TrainArguments:
 
 ARG_CLASSES = (StudentArguments, LossArguments, TrainArguments)
 # A resume state is only valid for the same teacher, task, student shape and objective.
-RESUME_KEYS = ("teacher", "task", "preset", "attention_layers", "resend_norm", "lite_range", "max_length", "loss")
+RESUME_KEYS = ("teacher", "task", "preset", "attention_layers", "resend_norm", "lite_range", "max_length", "loss",
+               "train_file")
 
 
 def _resend_norm(sargs: StudentArguments) -> str:
@@ -186,7 +192,10 @@ def run(sargs: StudentArguments, largs: LossArguments, targs: TrainArguments) ->
     if resume_dir is not None:
         check_resume_settings(resume_dir, all_args, RESUME_KEYS)
 
-    train_ex, val_ex, train_split = T.load_splits(task, sargs.data_dir, sargs.holdout_percent)
+    if sargs.train_file is not None:
+        (train_ex, val_ex), train_split = T.load_pairs_file(sargs.train_file, sargs.holdout_percent), "train_file"
+    else:
+        train_ex, val_ex, train_split = T.load_splits(task, sargs.data_dir, sargs.holdout_percent)
     if sargs.limit_train:
         train_ex = train_ex[: sargs.limit_train]
     val_ex = val_ex[: sargs.limit_val]

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from distill.run import main
 from mpcgen import distill as D
+from mpcgen import train as T
 from mpcgen.data import load_examples
 from mpcgen.errors import MpcgenError
 from mpcgen.generation.loop import decode
@@ -516,3 +517,43 @@ def test_er_probe_reads_a_student_and_refuses_one_without_er(capsys, tmp_path, t
     assert -1.0 <= figures["cos_own"] <= 1.0 and -1.0 <= figures["cos_next"] <= 1.0
     distil(capsys, teacher, tmp_path / "lite", "lite", "--max-steps", "2", "--eval-every", "2")
     assert er_probe.main(["--ckpt", str(tmp_path / "lite"), "--data-dir", str(data_dir)]) == 2
+
+
+def test_a_student_distils_on_public_pairs_written_by_its_teacher(capsys, caplog, tmp_path, data_dir):
+    """The DP chain's data path: scripts/public_distill_data.py draws E2E MRs from the published schema with public
+    (MultiWOZ) venue names and lets the teacher write their texts; distill.run --train-file then trains and
+    validates on that file only (no example of the private set), and a malformed file is refused by line."""
+    from model_helpers import load_script
+
+    script = load_script("public_distill_data")
+    names = script.public_names(data_dir)
+    mrs = script.synthetic_mrs(60, names, seed=0)
+    assert len(set(mrs)) == 60 and all(mr.startswith("name[") for mr in mrs)
+    assert {mr.split("]")[0][len("name["):] for mr in mrs} <= set(names)
+    from nlg.finetune import main as finetune
+
+    # A teacher that writes words (a random one mostly ends at once): 30 steps of stage 1 on E2E.
+    teacher = tmp_path / "teacher"
+    assert finetune(["--task", "e2e", "--model", "gpt2", "--init", "scratch", "--size", "tiny", "--limit-train", "256",
+                     "--limit-val", "16", "--batch-size", "16", "--vocab-size", "512", "--num-threads", "1",
+                     "--max-steps", "30", "--eval-every", "30", "--lr", "3e-3", "--data-dir", str(data_dir),
+                     "--out", str(teacher)]) == 0
+    capsys.readouterr()
+    pairs = tmp_path / "pairs.jsonl"
+    assert script.main(["--teacher", str(teacher), "--n", "60", "--out", str(pairs), "--data-dir", str(data_dir),
+                        "--max-new-tokens", "12"]) == 0
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert rows and {r["source"] for r in rows} <= set(mrs)
+    summary = distil(capsys, teacher, tmp_path / "student", "lite", "--max-steps", "4", "--eval-every", "4",
+                     "--train-file", str(pairs), "--holdout-percent", "20")
+    args = json.loads((tmp_path / "student" / "training_args.json").read_text())
+    train, val = T.load_pairs_file(pairs, 20)
+    assert len(train) + len(val) == len(rows) and train and val
+    assert args["train_split"] == "train_file" and (args["n_train"], args["n_val"]) == (min(len(train), 32),
+                                                                                       min(len(val), 16))
+    assert summary["step"] == 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + '{"source": "name[X]"}\n')
+    assert main(["--teacher", str(teacher), "--preset", "lite", "--out", str(tmp_path / "bad"), *FAST,
+                 "--max-steps", "1", "--train-file", str(bad)]) == 2
+    assert "bad.jsonl: line 2" in caplog.text

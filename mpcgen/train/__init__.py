@@ -8,7 +8,7 @@ encoding, :class:`Collator`), ``losses``, ``schedule`` (the lr schedule) and ``o
 
 from __future__ import annotations
 
-from mpcgen.train.data import Collator, encode_examples, load_splits
+from mpcgen.train.data import Collator, encode_examples, load_pairs_file, load_splits
 from mpcgen.train.clipping import GhostClipper
 from mpcgen.train.dp import (
     CLIPPINGS,
@@ -40,6 +40,6 @@ from mpcgen.train.schedule import SCHEDULES, capped_warmup, lr_factor, scheduler
 __all__ = ["CLIPPINGS", "Collator", "DPPlan", "FamilySpec", "GhostClipper", "MAX_NOISE_MULTIPLIER", "PrivateTraining",
            "SCHEDULES", "SPECS", "TrainHooks", "TrainPlan", "Trainer", "apply_lora", "build_scratch_model",
            "capped_warmup", "decays", "encode_examples", "epsilon_from_history", "export_hf_model", "family_spec",
-           "freeze_for_dp", "freeze_parameters", "load_pretrained", "load_splits", "lr_factor", "make_accountant",
-           "make_private", "per_sample_loss", "plan_noise", "scheduler", "sequence_loss", "unwrap", "validation_loss",
+           "freeze_for_dp", "freeze_parameters", "load_pairs_file", "load_pretrained", "load_splits", "lr_factor",
+           "make_accountant", "make_private", "per_sample_loss", "plan_noise", "scheduler", "sequence_loss", "unwrap", "validation_loss",
            "weight_decay_groups"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -25,15 +27,49 @@ def load_splits(task: str, data_dir: str | None, holdout_percent: float) -> tupl
         if "no train split" not in str(exc):
             raise
     rows = load_examples(task, "validation", data_dir)
-
-    # Hold out by a hash of the source so all references of one source fall on the same side.
-    def held(ex) -> bool:
-        return int(hashlib.md5(ex.source.encode()).hexdigest(), 16) % 10000 < holdout_percent * 100
-
-    train, val = [ex for ex in rows if not held(ex)], [ex for ex in rows if held(ex)]
+    train, val = hold_out(rows, holdout_percent)
     logger.warning("%s has no train split: TRAINING ON 'validation' (%d examples), holding out %d (%.1f%% of sources) "
                    "for the validation loss; evaluate on 'test' only", task, len(train), len(val), holdout_percent)
     return train, val, "validation"
+
+
+def hold_out(rows: Sequence[Any], percent: float) -> tuple[list, list]:
+    """(kept, held out): by a hash of the source, so all references of one source fall on the same side."""
+    def held(ex) -> bool:
+        return int(hashlib.md5(ex.source.encode()).hexdigest(), 16) % 10000 < percent * 100
+
+    return [ex for ex in rows if not held(ex)], [ex for ex in rows if held(ex)]
+
+
+def load_pairs_file(path: str | Path, holdout_percent: float) -> tuple[list, list]:
+    """(train, validation) :class:`mpcgen.data.Example` pairs from a JSON Lines file of ``{"source", "target"}``
+    objects (e.g. a teacher's texts on public inputs, ``scripts/public_distill_data.py``), split by
+    :func:`hold_out`. A malformed line is an error naming it."""
+    from mpcgen.data import Example
+
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise MpcgenError(f"{path}: {err}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise MpcgenError(f"{path}: line {number}: malformed JSON ({err.msg})") from None
+        if not (isinstance(record, dict) and all(isinstance(record.get(k), str) and record[k].strip()
+                                                  for k in ("source", "target"))):
+            raise MpcgenError(f"{path}: line {number}: expected {{\"source\": text, \"target\": text}}")
+        rows.append(Example(record["source"], record["target"]))
+    if not rows:
+        raise MpcgenError(f"{path}: no examples")
+    train, val = hold_out(rows, holdout_percent)
+    if not train or not val:
+        raise MpcgenError(f"{path}: {len(rows)} examples leave an empty train or validation side at "
+                          f"{holdout_percent}% held out")
+    return train, val
 
 
 def encode_examples(
@@ -63,4 +99,4 @@ class Collator:
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
-__all__ = ["Collator", "encode_examples", "load_splits"]
+__all__ = ["Collator", "encode_examples", "hold_out", "load_pairs_file", "load_splits"]
