@@ -557,3 +557,37 @@ def test_a_student_distils_on_public_pairs_written_by_its_teacher(capsys, caplog
     assert main(["--teacher", str(teacher), "--preset", "lite", "--out", str(tmp_path / "bad"), *FAST,
                  "--max-steps", "1", "--train-file", str(bad)]) == 2
     assert "bad.jsonl: line 2" in caplog.text
+
+
+def test_dp_chain_script_commands_parse_and_a_teacher_is_required():
+    """``scripts/dp_chain.sh --dry-run``: public pairs, a student on them only, both scored, the student generated
+    privately with private and with public weights; every command's arguments parse."""
+    import shlex
+    import subprocess
+
+    from transformers import HfArgumentParser
+
+    from distill.run import ARG_CLASSES
+    from model_helpers import load_script
+    from mpcgen import generate as generate_cli
+    from nlg.evaluate import build_parser as evaluate_parser
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run(["bash", str(repo / "scripts" / "dp_chain.sh"), "--teacher", "T", "--dry-run"],
+                         capture_output=True, text=True, check=True, cwd=repo)
+    commands = [shlex.split(line[2:].split(" > ")[0]) for line in res.stderr.splitlines() if line.startswith("+ ")]
+    pairs = [c for c in commands if c[1].endswith("public_distill_data.py")]
+    runs = [c for c in commands if c[1:3] == ["-m", "distill.run"]]
+    evals = [c for c in commands if c[1:3] == ["-m", "nlg.evaluate"]]
+    gens = [c for c in commands if c[1:3] == ["-m", "mpcgen.generate"]]
+    assert len(pairs) == len(runs) == 1 and len(evals) == 2 and len(gens) == 2
+    out = pairs[0][pairs[0].index("--out") + 1]
+    assert runs[0][runs[0].index("--train-file") + 1] == out
+    sargs, _, _ = HfArgumentParser(ARG_CLASSES).parse_args_into_dataclasses(args=runs[0][3:])
+    assert sargs.teacher == "T" and sargs.preset == "lite"
+    assert load_script("public_distill_data").parse_args(pairs[0][2:]).teacher == "T"
+    for c in evals:
+        evaluate_parser().parse_args(c[3:])
+    assert sorted(generate_cli.build_parser().parse_args(c[3:]).weights for c in gens) == ["private", "public"]
+    res = subprocess.run(["bash", str(repo / "scripts" / "dp_chain.sh")], capture_output=True, text=True, cwd=repo)
+    assert res.returncode == 2 and "--teacher DIR is required" in res.stderr

@@ -32,7 +32,7 @@ def add_session_args(parser: argparse.ArgumentParser, *, decoding: bool = True) 
     if decoding:
         parser.add_argument("--decoding", choices=DECODINGS, default=None,
                             help="client (client-side token choice), tokens (secure argmax) or er (Embedding "
-                                 "Resending); default er for ER-trained models, else client")
+                                 "Resending, by name only); default client for every model")
         parser.add_argument("--temperature", type=float, default=0.0,
                             help="client decoding: sampling temperature (0: greedy, the default)")
         parser.add_argument("--top-k", type=int, default=0, help="client decoding: sample from the k most likely")
