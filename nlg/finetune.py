@@ -50,9 +50,9 @@ class DataArguments:
     holdout_percent: float = field(default=5.0, metadata={
         "help": "tasks without a train split (multiwoz): percent of validation sources held out for validation"})
     delex: Optional[str] = field(default=None, metadata={
-        "help": "delexicalise copy-type slots (multiwoz: names, refs, ids, addresses, phones, times...): "
-                "placeholders in sources and targets, values re-inserted by the client after decoding "
-                "(mpcgen.data.delex); recorded in the tokenizer"})
+        "help": "delexicalise slot values: multiwoz (copy-type: names, refs, ids, addresses, phones, times...) "
+                "or multiwoz-all (every slot with a value): placeholders in sources and targets, values "
+                "re-inserted by the client after decoding (mpcgen.data.delex); recorded in the tokenizer"})
 
 
 @dataclass

@@ -32,6 +32,12 @@ def test_copy_type_values_become_numbered_placeholders_and_come_back():
     assert delex.relexicalise("call [hotel_phone] for [train_id]", values) == "call [hotel_phone] for TR1840"
 
 
+def test_the_all_slots_scheme_also_replaces_categorical_values():
+    src, values = delex.delexicalise_source(SOURCE, "multiwoz-all")
+    assert "Day = [train_day]" in src and values["[train_day]"] == "monday"
+    assert delex.delexicalise_target("it leaves on Monday at 16:36", values) == "it leaves on [train_day] at [train_leave]"
+
+
 def test_every_staged_source_parses_back_to_its_acts():
     examples = load_examples("multiwoz", "test")
     for ex in examples:
