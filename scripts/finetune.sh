@@ -19,7 +19,7 @@ declare -A RECIPE=(
   [webnlg-gpt2]="--max-length 320 --max-minutes 55"
   [webnlg-t5]="--max-length 320 --max-minutes 55 --eval-every 500"
   [webnlg-bart]="--max-length 320 --max-minutes 55 --eval-every 500"
-  [multiwoz-gpt2]="--max-minutes 55"
+  [multiwoz-gpt2]="--max-minutes 36 --delex multiwoz-all"
   [multiwoz-t5]="--max-minutes 55 --eval-every 500"
   [multiwoz-bart]="--max-minutes 55 --eval-every 500"
 )
