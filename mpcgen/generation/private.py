@@ -456,7 +456,7 @@ def generate_private(
     check_decoding(decoding, model.config)
     if chooser is not None and decoding != "client":
         raise MpcgenError(f"a token chooser (sampling settings) needs decoding 'client', not {decoding!r}")
-    inputs, values = delex.prepare(tok, prompts)  # client side: copy-type values never enter the MPC
+    inputs, values = delex.prepare(tok, prompts)  # client side: delexicalised values never enter the MPC
     ids = encode_prompts(inputs, tok, model.config, max_new_tokens)
     plan_batches([len(p) for p in ids], batch_size)  # checks batch_size here rather than in a party
     if rendezvous is not None:
