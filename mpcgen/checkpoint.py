@@ -17,7 +17,7 @@ No pickles: tensors go to safetensors, everything else (step, schedule, RNG seed
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -29,9 +29,11 @@ from mpcgen.io import read_json, replacing_files, replacing_folder, write_json
 RESUME_DIR = "resume"
 
 
-def check_resume_settings(resume_dir: Path, args: dict[str, Any], keys: Sequence[str]) -> None:
-    """Refuse to resume from ``resume_dir`` when any of ``keys`` differs from the arguments it was written with."""
-    saved = read_json(Path(resume_dir) / "state.json")["args"]
+def check_resume_settings(resume_dir: Path, args: dict[str, Any], keys: Sequence[str],
+                          defaults: Optional[Mapping[str, Any]] = None) -> None:
+    """Refuse to resume from ``resume_dir`` when any of ``keys`` differs from the arguments it was written with
+    (``defaults``: the values of settings that state predates)."""
+    saved = {**(defaults or {}), **read_json(Path(resume_dir) / "state.json")["args"]}
     diff = {k: (saved.get(k), args[k]) for k in keys if saved.get(k) != args[k]}
     if diff:
         raise MpcgenError(f"{resume_dir} was written with different settings {diff} (saved, now): use another "

@@ -32,7 +32,7 @@ from mpcgen.data.delex import DELEX_TASKS
 from mpcgen.errors import MpcgenError
 from mpcgen.models.config import FAMILIES
 from mpcgen.tokenization import TRUNCATIONS, train_bpe_tokenizer
-from mpcgen.train import Trainer, TrainPlan, load_splits
+from mpcgen.train import OPTIMIZERS, Trainer, TrainPlan, load_splits
 
 logger = logging.getLogger("nlg.finetune")
 
@@ -48,11 +48,16 @@ class DataArguments:
     limit_train: Optional[int] = field(default=None, metadata={"help": "use only the first N training examples"})
     limit_val: int = field(default=1000, metadata={"help": "validation examples used for the validation loss"})
     holdout_percent: float = field(default=5.0, metadata={
-        "help": "tasks without a train split (multiwoz): percent of validation sources held out for validation"})
+        "help": "tasks without a train split (multiwoz), and --train-file: percent of sources held out for validation"})
+    train_file: Optional[str] = field(default=None, metadata={
+        "help": "train on this JSON Lines file of {source, target} pairs instead of the task's data (e.g. public "
+                "templated E2E pairs from scripts/public_distill_data.py --realiser template, to pre-train on before "
+                "DP fine-tuning); --task then names the format, for evaluation"})
     delex: Optional[str] = field(default=None, metadata={
         "help": "delexicalise slot values: multiwoz (copy-type: names, refs, ids, addresses, phones, times...) "
-                "or multiwoz-all (every slot with a value): placeholders in sources and targets, values "
-                "re-inserted by the client after decoding (mpcgen.data.delex); recorded in the tokenizer"})
+                "or multiwoz-all (every slot with a value): placeholders in sources and targets; webnlg: entities "
+                "tagged in the source, replaced in the targets; values re-inserted by the client after decoding "
+                "(mpcgen.data.delex); recorded in the tokenizer"})
 
 
 @dataclass
@@ -80,7 +85,9 @@ class TrainArguments:
     max_minutes: Optional[float] = field(default=None, metadata={
         "help": "wall-clock budget: the schedule is fitted to it from measured step time; stops, evaluates, saves"})
     batch_size: int = field(default=32, metadata={"help": "batch per process (DP: expected Poisson batch)"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    optim: str = field(default="adamw", metadata={
+        "help": "adamw | adafactor (T5's optimiser, updates scaled by each weight's RMS: use --lr ~1e-2)"})
     warmup_steps: int = field(default=200, metadata={"help": "linear warmup steps (capped at 10%% of the run)"})
     schedule: str = field(default="cosine", metadata={"help": "decay after warmup: cosine | linear | constant"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and norms)"})
@@ -109,7 +116,10 @@ class DPArguments:
 
 ARG_CLASSES = (DataArguments, ModelArguments, TrainArguments, DPArguments)
 # A resume state is only valid for the same task, model and training mode.
-RESUME_KEYS = ("task", "model", "init", "name_or_path", "size", "lora", "dp_enabled", "max_length", "freeze", "delex")
+RESUME_KEYS = ("task", "model", "init", "name_or_path", "size", "lora", "dp_enabled", "max_length", "freeze", "delex",
+               "optim", "train_file")
+# What a checkpoint written before a setting existed was trained with.
+RESUME_DEFAULTS = {"optim": "adamw", "train_file": None}
 
 
 def _dist() -> tuple[int, int]:
@@ -159,6 +169,8 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
     if dargs.delex is not None and DELEX_TASKS[delex.check_scheme(dargs.delex)] not in tasks:
         raise MpcgenError(f"--delex {dargs.delex} applies to task {DELEX_TASKS[dargs.delex]}, which --task "
                           f"{dargs.task!r} does not include")
+    if targs.optim not in OPTIMIZERS:
+        raise MpcgenError(f"unknown --optim {targs.optim!r}; choose one of {list(OPTIMIZERS)}")
     if pargs.dp_clipping not in T.CLIPPINGS:
         raise MpcgenError(f"unknown --dp-clipping {pargs.dp_clipping!r}; choose one of {sorted(T.CLIPPINGS)}")
     if pargs.dp_physical_batch_size is not None:
@@ -179,11 +191,16 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
     all_args = {k: v for cls_args in (dargs, margs, targs, pargs) for k, v in dataclasses.asdict(cls_args).items()}
     all_args.update(task=task, data_dir=str(resolve_data_dir(dargs.data_dir)), dp_enabled=pargs.dp)
     if resume_dir is not None:
-        check_resume_settings(resume_dir, all_args, RESUME_KEYS)
+        check_resume_settings(resume_dir, all_args, RESUME_KEYS, defaults=RESUME_DEFAULTS)
 
+    if dargs.train_file is not None and len(tasks) > 1:
+        raise MpcgenError(f"--train-file replaces one task's data; --task {dargs.task!r} names several")
     train_ex, val_ex, splits = [], [], []
     for name in tasks:
-        train_t, val_t, split_t = load_splits(name, dargs.data_dir, dargs.holdout_percent)
+        if dargs.train_file is not None:
+            (train_t, val_t), split_t = T.load_pairs_file(dargs.train_file, dargs.holdout_percent), "train_file"
+        else:
+            train_t, val_t, split_t = load_splits(name, dargs.data_dir, dargs.holdout_percent)
         if dargs.delex is not None and name == DELEX_TASKS[dargs.delex]:
             train_t, val_t = delex.delexicalise_examples(train_t, dargs.delex), delex.delexicalise_examples(val_t, dargs.delex)
         train_ex += train_t[: dargs.limit_train] if dargs.limit_train else train_t
@@ -246,7 +263,7 @@ def run(dargs: DataArguments, margs: ModelArguments, targs: TrainArguments, parg
     plan = TrainPlan(total_steps=total, max_minutes=targs.max_minutes, lr=targs.lr, warmup=targs.warmup_steps,
                      schedule=targs.schedule, weight_decay=targs.weight_decay, batch_size=targs.batch_size,
                      eval_every=targs.eval_every, max_grad_norm=pargs.max_grad_norm, seed=targs.seed, dp=dp_plan,
-                     bf16=targs.bf16)
+                     bf16=targs.bf16, optimizer=targs.optim)
     trainer = Trainer(model, tokenizer, train_rows, val_rows, plan, out=out, rank=rank, world=world,
                       is_encoder_decoder=spec.is_encoder_decoder, training_args=training_args)
     return trainer.train(resume_dir)

@@ -1,9 +1,12 @@
-"""Distillation data that keeps a DP teacher's guarantee: public inputs, texts written by the teacher.
+"""Public E2E pairs: MRs from the published schema, texts by a DP teacher (distillation) or by templates (DP
+pre-training).
 
     .venv/bin/python scripts/public_distill_data.py --teacher stage1_ckpts/e2e_nlg-gpt2-dp --n 6000 \
         --out stage2_ckpts/dp-public-pairs.jsonl
     .venv/bin/python -m distill.run --teacher stage1_ckpts/e2e_nlg-gpt2-dp --preset lite \
         --train-file stage2_ckpts/dp-public-pairs.jsonl ...
+    .venv/bin/python scripts/public_distill_data.py --realiser template --n 40000 --out public/e2e-template.jsonl
+    .venv/bin/python -m nlg.finetune --task e2e --train-file public/e2e-template.jsonl ...   # the public model
 
 A DP-SGD teacher's guarantee covers what is computed from its weights alone (post-processing), not a student
 distilled on the private training set. So the student learns from inputs that owe nothing to that set: E2E
@@ -12,6 +15,11 @@ eight attributes and their value sets), with restaurant and venue names taken fr
 validation acts here, which this project treats as public), each realised by the teacher (greedy). Every MR has
 ``name`` and 2-7 more attributes in the E2E order, ``near`` naming another venue. Validation for the student is a
 held-out part of the same file (``distill.run --holdout-percent``), so model selection stays off the private data too.
+
+``--realiser template`` writes the texts with hand-written templates instead (:func:`template_text`: a few
+phrasings per attribute, clauses in random order, one to three sentences), no model and no private data: a public
+corpus to pre-train on before DP-SGD fine-tuning on the private set. The phrasings come from the schema's wording,
+not from the E2E references; every templated text realises all its attributes by the slot error rules (tested).
 
 Writes JSON Lines ``{"source", "target"}`` atomically; logs to stderr.
 """
@@ -84,9 +92,86 @@ def synthetic_mrs(n: int, names: Sequence[str], seed: int) -> list[str]:
     return list(out)
 
 
+_FOOD_WORD = {"Fast food": "fast food"}
+_PRICE = {  # priceRange value -> (noun phrase after "with"/"has", predicate after "is")
+    "cheap": (["cheap prices", "low prices", "a cheap price range"], ["cheap", "inexpensive", "low-priced"]),
+    "moderate": (["moderate prices", "a moderate price range", "average prices"], ["moderately priced"]),
+    "high": (["high prices", "a high price range"], ["expensive", "pricey", "high-priced"]),
+    "less than £20": (["prices less than £20", "a price range of less than £20", "meals under £20"],
+                      ["priced under £20", "less than £20 per person"]),
+    "£20-25": (["prices of £20-25", "a £20-25 price range"], ["priced at £20-25", "in the £20-25 price range"]),
+    "more than £30": (["prices of more than £30", "a price range of more than £30"],
+                      ["priced at more than £30", "over £30 per person"]),
+}
+_RATING = {  # customer rating value -> (noun phrase, predicate)
+    "low": (["a low customer rating", "low customer ratings", "a poor customer rating"],
+            ["rated low by customers", "poorly rated"]),
+    "average": (["an average customer rating", "average customer ratings"], ["rated average by customers"]),
+    "high": (["a high customer rating", "high customer ratings", "excellent customer reviews"],
+             ["highly rated by customers", "rated high by customers"]),
+    "1 out of 5": (["a customer rating of 1 out of 5", "a 1 out of 5 rating"], ["rated 1 out of 5"]),
+    "3 out of 5": (["a customer rating of 3 out of 5", "a 3 out of 5 rating"], ["rated 3 out of 5"]),
+    "5 out of 5": (["a customer rating of 5 out of 5", "a 5 out of 5 rating"], ["rated 5 out of 5"]),
+}
+_AREA = {"riverside": ["in the riverside area", "by the riverside", "on the riverside"],
+         "city centre": ["in the city centre", "in the centre of the city", "in the city centre area"]}
+_FAMILY = {"yes": ["is family friendly", "is kid friendly", "welcomes children", "is good for families"],
+           "no": ["is not family friendly", "is not kid friendly", "does not welcome children", "is for adults only"]}
+
+
+def template_text(mr: str, rng: random.Random) -> str:
+    """One templated realisation of an E2E ``mr`` (``name[...]`` first): an opening that names the venue with its
+    type, food, area and landmark, then the remaining attributes as clauses in random order."""
+    from mpcgen.data.e2e import parse_mr
+
+    slots = dict(parse_mr(mr))
+    if "name" not in slots:
+        raise MpcgenError(f"an MR needs name[...]: {mr!r}")
+    unknown = sorted(set(slots) - set(ORDER))
+    if unknown:
+        raise MpcgenError(f"attributes outside the E2E schema {unknown} in {mr!r}")
+    name = slots["name"]
+    kind = slots.get("eatType", "place")
+    food = _FOOD_WORD.get(slots.get("food", ""), slots.get("food", ""))
+    head = f"{food} {kind}" if food and rng.random() < 0.7 else kind
+    article = "an" if head[0].lower() in "aeiou" else "a"
+    opening = rng.choice([f"{name} is {article} {head}", f"There is {article} {head} called {name}"])
+    if "food" in slots and food not in head:
+        opening += rng.choice([f" that serves {food} food", f" serving {food} food"])
+    places = []
+    if "area" in slots:
+        places.append(rng.choice(_AREA[slots["area"]]))
+    if "near" in slots:
+        places.append(rng.choice(["near", "close to", "located near"]) + f" {slots['near']}")
+    clauses = []
+    if places and rng.random() < 0.6:
+        opening += " " + " ".join(places)
+    elif places:
+        clauses.append("is " + " ".join(places))
+    if "priceRange" in slots:
+        nouns, preds = _PRICE[slots["priceRange"]]
+        clauses.append(rng.choice(["has " + rng.choice(nouns), "is " + rng.choice(preds)]))
+    if "customer rating" in slots:
+        nouns, preds = _RATING[slots["customer rating"]]
+        clauses.append(rng.choice(["has " + rng.choice(nouns), "is " + rng.choice(preds)]))
+    if "familyFriendly" in slots:
+        clauses.append(rng.choice(_FAMILY[slots["familyFriendly"]]))
+    rng.shuffle(clauses)
+    sentences = [opening]
+    subject = rng.choice(["It", f"The {kind}", name])
+    while clauses:
+        take = clauses[: rng.randint(1, 2)]
+        clauses = clauses[len(take):]
+        sentences.append(f"{subject} " + " and ".join(take))
+        subject = rng.choice(["It", f"The {kind}"])
+    return " ".join(s[0].upper() + s[1:] + "." for s in sentences)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher", required=True, help="the (DP) stage-1 teacher folder that writes the texts")
+    parser.add_argument("--realiser", choices=("teacher", "template"), default="teacher",
+                        help="who writes the texts: --teacher (distillation data) or templates (public pre-training)")
+    parser.add_argument("--teacher", help="the (DP) stage-1 teacher folder that writes the texts (--realiser teacher)")
     parser.add_argument("--out", type=Path, required=True, help="JSON Lines file to write")
     parser.add_argument("--n", type=int, default=6000, help="MRs to draw (default 6000)")
     parser.add_argument("--seed", type=int, default=0)
@@ -109,11 +194,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.n < 1:
             raise MpcgenError(f"--n must be >= 1, got {args.n}")
+        if (args.realiser == "teacher") != (args.teacher is not None):
+            raise MpcgenError("--teacher is needed with --realiser teacher, and only then")
         names = public_names(args.data_dir)
         mrs = synthetic_mrs(args.n, names, args.seed)
-        logger.info("%d MRs from %d public venue names; decoding with %s", len(mrs), len(names), args.teacher)
-        texts, _ = decode_sources(args.teacher, mrs, EvalSettings(batch_size=args.batch_size,
-                                                                  max_new_tokens=args.max_new_tokens))
+        logger.info("%d MRs from %d public venue names; texts by %s", len(mrs), len(names),
+                    args.teacher or "templates")
+        if args.teacher is None:
+            rng = random.Random(args.seed + 1)
+            texts = [template_text(mr, rng) for mr in mrs]
+        else:
+            texts, _ = decode_sources(args.teacher, mrs, EvalSettings(batch_size=args.batch_size,
+                                                                      max_new_tokens=args.max_new_tokens))
     except MpcgenError as exc:
         logger.error("%s", exc)
         return 2

@@ -4,6 +4,7 @@ the scheme travelling with the tokenizer through training, evaluation and genera
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -58,6 +59,53 @@ def test_a_source_that_is_not_a_multiwoz_act_set_is_refused(bad):
         delex.delexicalise_source(bad, "multiwoz")
     with pytest.raises(MpcgenError, match="unknown delexicalisation scheme"):
         delex.delexicalise_source(SOURCE, "e2e")
+
+
+WEBNLG = ("Twilight (band) | genre | Black metal ; Twilight (band) | activeYearsStartYear | 2005.0 ; "
+          "Binali Yıldırım | birthPlace | Erzincan")
+
+
+def test_webnlg_entities_are_tagged_in_the_source_and_replaced_in_the_target():
+    src, values = delex.delexicalise_source(WEBNLG, "webnlg")
+    # Values stay in the source (the model may need to paraphrase them); one entity, one tag wherever it occurs.
+    assert src == ("Twilight (band) [entity_1] | genre | Black metal [entity_2] ; Twilight (band) [entity_1] | "
+                   "activeYearsStartYear | 2005.0 [entity_3] ; Binali Yıldırım [entity_4] | birthPlace | "
+                   "Erzincan [entity_5]")
+    # The restored form drops the qualifier and a whole float's ".0".
+    assert values == {"[entity_1]": "Twilight", "[entity_2]": "Black metal", "[entity_3]": "2005",
+                      "[entity_4]": "Binali Yıldırım", "[entity_5]": "Erzincan"}
+    target = "Twilight, a black metal band formed in 2005 (not 20050), shares Binali Yildirim's Erzincan roots."
+    delexed = delex.delexicalise_target(target, values)
+    # Case folding goes beyond str.lower() ("Yildirim" matches "Yıldırım"); whole words only.
+    assert delexed == ("[entity_1], a [entity_2] band formed in [entity_3] (not 20050), shares [entity_4]'s "
+                       "[entity_5] roots.")
+    assert delex.relexicalise(delexed, values) == ("Twilight, a Black metal band formed in 2005 (not 20050), shares "
+                                                  "Binali Yıldırım's Erzincan roots.")
+
+
+@pytest.mark.parametrize("entity, shown", [("Twilight (band)", "Twilight"), ('"5.57"(days)', "5.57"),
+                                           ("88.0", "88"), ("-3.0", "-3"), ("1.05", "1.05"), ("(band)", "(band)"),
+                                           ("Austin, Texas", "Austin, Texas"), ("2015-06-27", "2015-06-27")])
+def test_webnlg_display_forms(entity, shown):
+    assert delex.webnlg_display(entity) == shown
+
+
+def test_every_staged_webnlg_source_is_tagged_and_most_mentions_are_found():
+    found = total = 0
+    for ex in load_examples("webnlg", "test"):
+        src, values = delex.delexicalise_source(ex.source, "webnlg")
+        # Dropping the tags gives the source back.
+        assert re.sub(r" \[entity_\d+\]", "", src) == ex.source
+        target = delex.delexicalise_target(ex.target, values)
+        found += sum(name in target for name in values)
+        total += len(values)
+    assert total > 5000 and found / total > 0.8
+
+
+@pytest.mark.parametrize("bad", ["name[The Eagle], food[French]", "A | b", "A | b | c ; | d | e"])
+def test_a_source_that_is_not_a_webnlg_triple_set_is_refused(bad):
+    with pytest.raises(MpcgenError, match="not a WebNLG triple source"):
+        delex.delexicalise_source(bad, "webnlg")
 
 
 def test_the_scheme_travels_with_the_tokenizer_into_evaluation(capsys, tmp_path, monkeypatch):

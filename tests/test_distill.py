@@ -559,6 +559,45 @@ def test_a_student_distils_on_public_pairs_written_by_its_teacher(capsys, caplog
     assert "bad.jsonl: line 2" in caplog.text
 
 
+def test_templated_public_pairs_realise_every_attribute(tmp_path, data_dir):
+    """``--realiser template``: public pre-training pairs with no model and no private data. By the slot error
+    rules every attribute is realised; the only "added" values are words of the public venue names themselves
+    ("the Shanghi Family Restaurant" reads as family-friendly)."""
+    import random
+
+    from model_helpers import load_script
+    from mpcgen.data.e2e import parse_mr
+    from mpcgen.metrics.ser import normalise, ser_details
+
+    script = load_script("public_distill_data")
+    mrs = script.synthetic_mrs(3000, script.public_names(data_dir), seed=0)
+    rng = random.Random(0)
+    texts = [script.template_text(mr, rng) for mr in mrs]
+    assert len(set(texts)) == len(texts)
+    for mr, text, errors in zip(mrs, texts, ser_details(texts, [parse_mr(mr) for mr in mrs], "e2e_nlg")):
+        assert errors.missing == (), (mr, text)
+        slots = dict(parse_mr(mr))
+        entities = normalise(slots["name"] + " " + slots.get("near", ""))
+        for attr, value in errors.added:
+            assert (normalise(value) in entities or attr == "familyFriendly" and "famil" in entities), (mr, text)
+    out = tmp_path / "pairs.jsonl"
+    assert script.main(["--realiser", "template", "--n", "50", "--out", str(out), "--data-dir", str(data_dir)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 50 and all(r["target"].lower().startswith(("there is", slots_name(r["source"]).lower()))
+                                for r in rows)
+    # A teacher only with --realiser teacher; nothing written otherwise.
+    assert script.main(["--realiser", "template", "--teacher", "T", "--n", "5", "--out", str(tmp_path / "x.jsonl"),
+                        "--data-dir", str(data_dir)]) == 2
+    assert script.main(["--n", "5", "--out", str(tmp_path / "y.jsonl"), "--data-dir", str(data_dir)]) == 2
+    assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "y.jsonl").exists()
+    with pytest.raises(MpcgenError, match="outside the E2E schema"):
+        script.template_text("name[X], colour[red]", rng)
+
+
+def slots_name(mr: str) -> str:
+    return mr.split("]")[0][len("name["):]
+
+
 def test_dp_chain_script_commands_parse_and_a_teacher_is_required():
     """``scripts/dp_chain.sh --dry-run``: public pairs, a student on them only, both scored, the student generated
     privately with private and with public weights; every command's arguments parse."""

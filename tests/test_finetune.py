@@ -88,6 +88,47 @@ def test_checkpoint_round_trip_and_resume(capsys, tmp_path):
     assert main([*TINY, "--out", str(tmp_path), "--model", "gpt2", "--max-steps", "20", "--dp"]) == 2
 
 
+def test_adafactor_trains_resumes_and_is_not_mixed_with_adamw(capsys, tmp_path):
+    first = finetune(capsys, tmp_path, "--model", "t5", "--optim", "adafactor", "--lr", "1e-2", "--max-steps", "6",
+                     "--eval-every", "3")
+    opt = load_file(str(tmp_path / "resume" / "optimizer.safetensors"))
+    assert any(k.endswith("exp_avg_sq_row") for k in opt)  # Adafactor's factored second moments, not AdamW's
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["history"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    second = finetune(capsys, tmp_path, "--model", "t5", "--optim", "adafactor", "--lr", "1e-2", "--max-steps", "8",
+                      "--eval-every", "3")
+    assert (first["step"], second["start_step"], second["step"]) == (6, 6, 8)
+    assert main([*TINY, "--out", str(tmp_path), "--model", "t5", "--max-steps", "10"]) == 2  # AdamW on its state
+    assert main([*TINY, "--out", str(tmp_path / "x"), "--model", "t5", "--optim", "sgd"]) == 2
+    # A state written before --optim existed was AdamW's: it resumes under the default.
+    adamw = tmp_path / "adamw"
+    finetune(capsys, adamw, "--model", "gpt2", "--max-steps", "2", "--eval-every", "2")
+    state = json.loads((adamw / "resume" / "state.json").read_text())
+    del state["args"]["optim"]
+    (adamw / "resume" / "state.json").write_text(json.dumps(state))
+    assert finetune(capsys, adamw, "--model", "gpt2", "--max-steps", "3", "--eval-every", "2")["start_step"] == 2
+
+
+def test_a_pairs_file_replaces_the_task_data(capsys, tmp_path):
+    """--train-file (public pre-training): training and validation come from the file, the tokenizer is learnt on
+    it, and --task names the format only."""
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"source": f"name[Venue {i}], food[French]", "target": f"Venue {i} serves zorblax French food."}
+            for i in range(40)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "m"
+    summary = finetune(capsys, out, "--model", "gpt2", "--max-steps", "2", "--eval-every", "2", "--train-file",
+                       str(pairs), "--holdout-percent", "25")
+    args = json.loads((out / "training_args.json").read_text())
+    train, val = T.load_pairs_file(pairs, 25)
+    assert args["train_split"] == "train_file" and (args["n_train"], args["n_val"]) == (len(train), len(val))
+    assert summary["step"] == 2
+    assert "zorblax" in AutoTokenizer.from_pretrained(out).get_vocab() or "Ġzorblax" in AutoTokenizer.from_pretrained(
+        out).get_vocab()
+    assert main([*TINY, "--out", str(tmp_path / "two"), "--task", "e2e+webnlg", "--train-file", str(pairs)]) == 2
+    assert not (tmp_path / "two" / "model.safetensors").exists()
+
+
 def test_dp_finetune_reports_recomputable_epsilon(capsys, tmp_path):
     summary = finetune(capsys, tmp_path, "--model", "gpt2", "--max-steps", "8", "--eval-every", "4", "--dp",
                        "--target-epsilon", "5")

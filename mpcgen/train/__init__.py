@@ -33,13 +33,14 @@ from mpcgen.train.families import (
 )
 from mpcgen.train.lora import apply_lora
 from mpcgen.train.losses import per_sample_loss, sequence_loss, validation_loss
-from mpcgen.train.loop import Trainer, TrainHooks, TrainPlan
+from mpcgen.train.loop import OPTIMIZERS, Trainer, TrainHooks, TrainPlan, make_optimizer
 from mpcgen.train.optim import decays, weight_decay_groups
 from mpcgen.train.schedule import SCHEDULES, capped_warmup, lr_factor, scheduler
 
-__all__ = ["CLIPPINGS", "Collator", "DPPlan", "FamilySpec", "GhostClipper", "MAX_NOISE_MULTIPLIER", "PrivateTraining",
-           "SCHEDULES", "SPECS", "TrainHooks", "TrainPlan", "Trainer", "apply_lora", "build_scratch_model",
-           "capped_warmup", "decays", "encode_examples", "epsilon_from_history", "export_hf_model", "family_spec",
-           "freeze_for_dp", "freeze_parameters", "load_pairs_file", "load_pretrained", "load_splits", "lr_factor",
-           "make_accountant", "make_private", "per_sample_loss", "plan_noise", "scheduler", "sequence_loss", "unwrap", "validation_loss",
+__all__ = ["CLIPPINGS", "Collator", "DPPlan", "FamilySpec", "GhostClipper", "MAX_NOISE_MULTIPLIER", "OPTIMIZERS",
+           "PrivateTraining", "SCHEDULES", "SPECS", "TrainHooks", "TrainPlan", "Trainer", "apply_lora",
+           "build_scratch_model", "capped_warmup", "decays", "encode_examples", "epsilon_from_history",
+           "export_hf_model", "family_spec", "freeze_for_dp", "freeze_parameters", "load_pairs_file",
+           "load_pretrained", "load_splits", "lr_factor", "make_accountant", "make_optimizer", "make_private",
+           "per_sample_loss", "plan_noise", "scheduler", "sequence_loss", "unwrap", "validation_loss",
            "weight_decay_groups"]

@@ -48,6 +48,7 @@ class TrainPlan:
     seed: int
     dp: Optional[DPPlan] = None
     bf16: bool = False
+    optimizer: str = "adamw"
 
 
 @dataclass
@@ -64,6 +65,22 @@ class TrainHooks:
     val_loss: Optional[Callable[[torch.nn.Module, list], float]] = None
     resume_config: Any = None
     param_groups: Optional[Callable[[torch.nn.Module, float], list[dict]]] = None
+
+
+OPTIMIZERS = ("adamw", "adafactor")
+
+
+def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """AdamW, or Adafactor as T5 was trained: each update scaled by its weight's RMS (``scale_parameter``), so
+    T5's small-initialised query weights (no 1/sqrt(d) on its attention scores) move relative to their size, at the
+    schedule's ``lr`` (no relative step: the loop's warmup and decay apply)."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=lr, scale_parameter=True, relative_step=False, warmup_init=False)
+    raise MpcgenError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
 
 
 class Trainer:
@@ -88,9 +105,11 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         if self.hooks.param_groups is not None:
-            return torch.optim.AdamW(self.hooks.param_groups(self.model, self.plan.weight_decay), lr=self.plan.lr)
-        groups = weight_decay_groups([p for p in self.model.parameters() if p.requires_grad], self.plan.weight_decay)
-        return torch.optim.AdamW(groups, lr=self.plan.lr)
+            groups = self.hooks.param_groups(self.model, self.plan.weight_decay)
+        else:
+            groups = weight_decay_groups([p for p in self.model.parameters() if p.requires_grad],
+                                         self.plan.weight_decay)
+        return make_optimizer(self.plan.optimizer, groups, self.plan.lr)
 
     def _wrap(self, optimizer):
         """DDP / DP-SGD wrapping; returns (optimizer, dp data loader or None)."""
