@@ -72,9 +72,24 @@ def public_names(data_dir: str | None) -> list[str]:
     return list(names)
 
 
-def synthetic_mrs(n: int, names: Sequence[str], seed: int) -> list[str]:
-    """``n`` distinct E2E MRs from the schema and ``names``."""
+def composed_name(words: Sequence[str], rng: random.Random) -> str:
+    """A made-up venue name of one to three of ``words`` (the words of the public names), sometimes after "The"."""
+    body = " ".join(rng.choice(words) for _ in range(rng.choice((1, 2, 2, 3))))
+    return f"The {body}" if rng.random() < 0.3 else body
+
+
+def synthetic_mrs(n: int, names: Sequence[str], seed: int, composed: float = 0.0) -> list[str]:
+    """``n`` distinct E2E MRs from the schema and ``names``; a ``composed`` share of the names (and landmarks) are
+    made up from the names' words instead, so that a model trained on them learns to copy a name rather than to
+    memorise a list of them."""
+    if not 0.0 <= composed <= 1.0:
+        raise MpcgenError(f"the composed share of names must be in [0, 1], got {composed}")
     rng = random.Random(seed)
+    words = sorted({w for name in names for w in name.split() if w[:1].isupper() and w.isalpha() and len(w) > 2})
+
+    def venue() -> str:
+        return composed_name(words, rng) if rng.random() < composed else rng.choice(names)
+
     out: dict[str, None] = {}
     attempts = 0
     while len(out) < n:
@@ -82,10 +97,12 @@ def synthetic_mrs(n: int, names: Sequence[str], seed: int) -> list[str]:
         if attempts > 50 * n:
             raise MpcgenError(f"could not draw {n} distinct MRs from {len(names)} names")
         extra = rng.sample([a for a in ORDER if a != "name"], rng.randint(2, 7))
-        pairs = {"name": rng.choice(names)}
+        pairs = {"name": venue()}
         for attr in extra:
             if attr == "near":
-                pairs[attr] = rng.choice([x for x in names if x != pairs["name"]])
+                pairs[attr] = venue()
+                while pairs[attr] == pairs["name"]:
+                    pairs[attr] = venue()
             else:
                 pairs[attr] = rng.choice(E2E_SCHEMA[attr])
         out.setdefault(", ".join(f"{a}[{pairs[a]}]" for a in ORDER if a in pairs))
@@ -175,6 +192,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="JSON Lines file to write")
     parser.add_argument("--n", type=int, default=6000, help="MRs to draw (default 6000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--composed-names", type=float, default=0.0,
+                        help="share of venue names made up from the public names' words (default 0; templated "
+                             "pre-training data wants most, e.g. 0.8, so the model learns to copy names)")
     parser.add_argument("--data-dir", default=None, help="data folder with multiwoz/ (default $MPCGEN_DATA_DIR)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -197,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (args.realiser == "teacher") != (args.teacher is not None):
             raise MpcgenError("--teacher is needed with --realiser teacher, and only then")
         names = public_names(args.data_dir)
-        mrs = synthetic_mrs(args.n, names, args.seed)
+        mrs = synthetic_mrs(args.n, names, args.seed, args.composed_names)
         logger.info("%d MRs from %d public venue names; texts by %s", len(mrs), len(names),
                     args.teacher or "templates")
         if args.teacher is None:

@@ -570,7 +570,12 @@ def test_templated_public_pairs_realise_every_attribute(tmp_path, data_dir):
     from mpcgen.metrics.ser import normalise, ser_details
 
     script = load_script("public_distill_data")
-    mrs = script.synthetic_mrs(3000, script.public_names(data_dir), seed=0)
+    names = script.public_names(data_dir)
+    mrs = script.synthetic_mrs(3000, names, seed=0, composed=0.8)
+    made_up = [slots_name(mr) not in names for mr in mrs]
+    assert 0.75 < sum(made_up) / len(mrs) < 0.85  # names to copy, not a list to learn
+    with pytest.raises(MpcgenError, match="composed share"):
+        script.synthetic_mrs(5, names, seed=0, composed=1.5)
     rng = random.Random(0)
     texts = [script.template_text(mr, rng) for mr in mrs]
     assert len(set(texts)) == len(texts)
