@@ -635,3 +635,37 @@ def test_dp_chain_script_commands_parse_and_a_teacher_is_required():
     assert sorted(generate_cli.build_parser().parse_args(c[3:]).weights for c in gens) == ["private", "public"]
     res = subprocess.run(["bash", str(repo / "scripts" / "dp_chain.sh")], capture_output=True, text=True, cwd=repo)
     assert res.returncode == 2 and "--teacher DIR is required" in res.stderr
+
+
+def test_dp_e2e_recipe_commands_parse():
+    """``scripts/dp_e2e.sh --dry-run``: templated public pairs, a public model trained on them only, then DP-SGD
+    from it on E2E; every command's arguments parse, and the DP run starts from the public model."""
+    import shlex
+    import subprocess
+
+    from transformers import HfArgumentParser
+
+    from model_helpers import load_script
+    from nlg.evaluate import build_parser as evaluate_parser
+    from nlg.finetune import ARG_CLASSES as FINETUNE_ARGS
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run(["bash", str(repo / "scripts" / "dp_e2e.sh"), "--dry-run", "--epsilon", "3"],
+                         capture_output=True, text=True, check=True, cwd=repo)
+    commands = [shlex.split(line[2:]) for line in res.stderr.splitlines() if line.startswith("+ ")]
+    pairs = [c for c in commands if c[1].endswith("public_distill_data.py")]
+    tunes = [c for c in commands if c[1:3] == ["-m", "nlg.finetune"]]
+    evals = [c for c in commands if c[1:3] == ["-m", "nlg.evaluate"]]
+    assert len(pairs) == 1 and len(tunes) == 2 and len(evals) == 2
+    assert load_script("public_distill_data").parse_args(pairs[0][2:]).realiser == "template"
+    parsed = [HfArgumentParser(FINETUNE_ARGS).parse_args_into_dataclasses(args=c[3:]) for c in tunes]
+    (pub_data, _, pub_train, pub_priv), (dp_data, dp_model, _, dp_priv) = parsed
+    assert pub_data.train_file == pairs[0][pairs[0].index("--out") + 1] and not pub_priv.dp
+    assert dp_data.train_file is None and dp_priv.dp and dp_priv.target_epsilon == 3
+    assert dp_model.name_or_path == pub_train.out
+    for c in evals:
+        evaluate_parser().parse_args(c[3:])
+    res = subprocess.run(["bash", str(repo / "scripts" / "dp_e2e.sh"), "--bogus"], capture_output=True, text=True,
+                         cwd=repo)
+    assert res.returncode == 2 and "unknown argument" in res.stderr
+
