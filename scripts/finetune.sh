@@ -16,12 +16,12 @@ declare -A RECIPE=(
   [e2e-gpt2]="--max-minutes 55"
   [e2e-t5]="--max-minutes 55 --eval-every 500; --max-minutes 55 --eval-every 500 --resume yes"
   [e2e-bart]="--max-minutes 55 --eval-every 500"
-  [webnlg-gpt2]="--max-length 320 --max-minutes 55"
-  [webnlg-t5]="--max-length 320 --max-minutes 55 --eval-every 500"
-  [webnlg-bart]="--max-length 320 --max-minutes 55 --eval-every 500"
+  [webnlg-gpt2]="--max-length 448 --max-minutes 55 --delex webnlg"
+  [webnlg-t5]="--max-length 320 --max-minutes 55 --eval-every 500 --delex webnlg"
+  [webnlg-bart]="--max-length 320 --max-minutes 55 --eval-every 500 --delex webnlg"
   [multiwoz-gpt2]="--max-minutes 36 --delex multiwoz-all"
-  [multiwoz-t5]="--max-minutes 55 --eval-every 500"
-  [multiwoz-bart]="--max-minutes 55 --eval-every 500"
+  [multiwoz-t5]="--max-minutes 45 --eval-every 500 --delex multiwoz-all"
+  [multiwoz-bart]="--max-minutes 45 --eval-every 500 --delex multiwoz-all"
 )
 COMMON=(--init scratch --size small --num-threads 1)
 # bfloat16 autocast where the CPU has it natively (~0.7 s per GPT-2 step); emulated it is ~60x slower than float32.

@@ -27,12 +27,12 @@ in the text as is (an error the slot error rate then counts; it is not hidden).
 
 WebNLG (scheme ``webnlg``) differs in one way: its entities are open-ended (half the test set's categories are
 unseen in training) and often paraphrased (dates, units, "Austin, Texas" -> "Austin"), so the source keeps each
-value and tags it, ``Aarhus Airport [entity_1] | cityServed | Aarhus, Denmark [entity_2]``: the model can copy the
-tag (one token) where the text uses the name as is, and read the value where it must paraphrase. Here the values do
-enter the secure computation (as secret shares of the client's source, like any prompt); what the scheme saves is
-the model's character-by-character copying of names it has never seen. The value restored is the entity's display
-form (:func:`webnlg_display`: a trailing ``(qualifier)`` and a float's ``.0`` dropped), the form the references use
-most (82% of test entity mentions are verbatim in this form, 73% in the raw one).
+value and tags it, ``Aarhus Airport [entity_1] | cityServed | Aarhus, Denmark [entity_2]``: the model copies the
+tag (five tokens of a fixed shape) where the text uses the name as is, and reads the value where it must
+paraphrase. Here the values do enter the secure computation (as secret shares of the client's source, like any
+prompt); what the scheme saves is the model's spelling out of names it has never seen. The value restored is the
+entity's display form (:func:`webnlg_display`: a trailing ``(qualifier)`` and a float's ``.0`` dropped), the form
+the references use most (82% of test entity mentions are verbatim in this form, 73% in the raw one).
 """
 
 from __future__ import annotations
