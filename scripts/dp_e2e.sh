@@ -2,25 +2,26 @@
 # DP-SGD on E2E after public pre-training, the recipe of docs/results.md (session 12):
 #   1. public E2E-format pairs: MRs from the published schema, venue names public or made up from public words,
 #      texts from hand-written templates (scripts/public_distill_data.py --realiser template): no private data;
-#   2. a public GPT-2 trained on them from scratch, tokenizer included (nlg.finetune --train-file);
+#   2. a public GPT-2 trained on them from scratch, tokenizer included (nlg.finetune --train-file), names and
+#      landmarks delexicalised (--delex e2e: the client restores them, so no model has to spell them);
 #   3. DP-SGD fine-tuning of it on the E2E training set: LoRA, Poisson batches of 512 in chunks of 64, ghost
 #      clipping, bf16 forwards, the PRV accountant, delta ~ 1/(2N);
 #   4. test scores of the public model and of the DP model.
-#   scripts/dp_e2e.sh [--out stage1_ckpts/e2e_nlg-gpt2-dp-template] [--public stage1_ckpts/e2e_template-gpt2]
-#                     [--epsilon 8] [--dp-steps 100] [--dp-minutes 65] [--public-minutes 30] [--pairs 40000]
+#   scripts/dp_e2e.sh [--out stage1_ckpts/e2e_nlg-gpt2-dp-delex] [--public stage1_ckpts/e2e_template-gpt2-delex]
+#                     [--epsilon 8] [--dp-steps 80] [--dp-minutes 40] [--public-minutes 15] [--pairs 40000]
 #                     [--dry-run]
 # An existing public model (--public DIR with model.safetensors) is reused; delete it to retrain.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-.venv/bin/python}"
 
-out="stage1_ckpts/e2e_nlg-gpt2-dp-template"
-public="stage1_ckpts/e2e_template-gpt2"
+out="stage1_ckpts/e2e_nlg-gpt2-dp-delex"
+public="stage1_ckpts/e2e_template-gpt2-delex"
 pairs_file="public/e2e-template.jsonl"
 epsilon=8
-steps=100
-dp_minutes=65
-public_minutes=30
+steps=80
+dp_minutes=40
+public_minutes=15
 pairs=40000
 dry=0
 while [[ $# -gt 0 ]]; do
@@ -47,12 +48,12 @@ run() {
 
 if [[ $dry == 1 || ! -f "$public/model.safetensors" ]]; then
   run "$PY" scripts/public_distill_data.py --realiser template --n "$pairs" --composed-names 0.8 --out "$pairs_file"
-  run "$PY" -m nlg.finetune --task e2e --train-file "$pairs_file" --model gpt2 --init scratch --size small \
+  run "$PY" -m nlg.finetune --task e2e --train-file "$pairs_file" --delex e2e --model gpt2 --init scratch --size small \
     --num-threads 1 ${BF16[@]+"${BF16[@]}"} --max-minutes "$public_minutes" --eval-every 500 --resume no --out "$public"
 fi
 run "$PY" -m nlg.evaluate --ckpt "$public" --split test --batch-size 64 --num-threads 1
 # delta 1.19e-5 ~ 1/(2N), N = 42,061 E2E training pairs.
-run "$PY" -m nlg.finetune --task e2e --model gpt2 --init pretrained --name-or-path "$public" --dp \
+run "$PY" -m nlg.finetune --task e2e --delex e2e --model gpt2 --init pretrained --name-or-path "$public" --dp \
   ${BF16[@]+"${BF16[@]}"} --target-epsilon "$epsilon" --delta 1.19e-5 --accountant prv --lora --lora-r 32 \
   --lora-alpha 64 --batch-size 512 --dp-physical-batch-size 64 --lr 2e-3 --max-steps "$steps" \
   --max-minutes "$dp_minutes" --eval-every 20 --num-threads 1 --resume no --out "$out"

@@ -663,6 +663,7 @@ def test_dp_e2e_recipe_commands_parse():
     assert pub_data.train_file == pairs[0][pairs[0].index("--out") + 1] and not pub_priv.dp
     assert dp_data.train_file is None and dp_priv.dp and dp_priv.target_epsilon == 3
     assert dp_model.name_or_path == pub_train.out
+    assert pub_data.delex == dp_data.delex == "e2e"  # the DP run reads its model's placeholders
     for c in evals:
         evaluate_parser().parse_args(c[3:])
     res = subprocess.run(["bash", str(repo / "scripts" / "dp_e2e.sh"), "--bogus"], capture_output=True, text=True,

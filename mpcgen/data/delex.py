@@ -25,6 +25,9 @@ Targets get a placeholder wherever the value occurs verbatim (case-insensitive, 
 the reference paraphrases stays as written. A placeholder the model generates that the source did not have stays
 in the text as is (an error the slot error rate then counts; it is not hidden).
 
+E2E (scheme ``e2e``): the ``name`` and ``near`` values, ``name[[name]], eatType[pub], near[[near]]``, as the
+challenge's baseline TGen does.
+
 WebNLG (scheme ``webnlg``) differs in one way: its entities are open-ended (half the test set's categories are
 unseen in training) and often paraphrased (dates, units, "Austin, Texas" -> "Austin"), so the source keeps each
 value and tags it, ``Aarhus Airport [entity_1] | cityServed | Aarhus, Denmark [entity_2]``: the model copies the
@@ -50,9 +53,12 @@ MULTIWOZ_COPY_SLOTS = frozenset({"Name", "Ref", "Addr", "Id", "Phone", "Post", "
                                  "Dest", "Depart", "Fee", "Car"})
 # A scheme names the slots it replaces; None: every slot with a value (MultiWOZ's categorical values, area, food,
 # price range, type, stars, day, counts, are verbatim in 94-100% of the validation references).
-SCHEMES: dict[str, frozenset[str] | None] = {"multiwoz": MULTIWOZ_COPY_SLOTS, "multiwoz-all": None, "webnlg": None}
+# E2E: the venue's and the landmark's names, as TGen (the challenge's baseline) delexicalises them.
+E2E_COPY_SLOTS = frozenset({"name", "near"})
+SCHEMES: dict[str, frozenset[str] | None] = {"multiwoz": MULTIWOZ_COPY_SLOTS, "multiwoz-all": None, "webnlg": None,
+                                             "e2e": E2E_COPY_SLOTS}
 DELEX_TASKS: dict[str, str] = {"multiwoz": "multiwoz_nlg", "multiwoz-all": "multiwoz_nlg",  # scheme -> its task
-                               "webnlg": "web_nlg"}
+                               "webnlg": "web_nlg", "e2e": "e2e_nlg"}
 TOKENIZER_KEY = "mpcgen_delex"
 
 _GROUP = re.compile(r"(?:^|(?<= ))([A-Za-z]+-[A-Za-z]+) \(")
@@ -122,12 +128,31 @@ def _webnlg_source(source: str) -> tuple[str, Values]:
     return " ; ".join(triples), values
 
 
+def _e2e_source(source: str) -> tuple[str, Values]:
+    from mpcgen.data.e2e import parse_mr
+
+    try:
+        pairs = parse_mr(source)
+    except ValueError as err:
+        raise MpcgenError(f"not an E2E meaning representation: {err}") from None
+    values: Values = {}
+    out = []
+    for attr, value in pairs:
+        if attr in E2E_COPY_SLOTS:
+            values[f"[{attr}]"] = value
+            value = f"[{attr}]"
+        out.append(f"{attr}[{value}]")
+    return ", ".join(out), values
+
+
 def delexicalise_source(source: str, scheme: str) -> tuple[str, Values]:
     """``(source with placeholders, {placeholder: value})`` for one source of the scheme's task."""
     from mpcgen.data.multiwoz import linearise_acts
 
     if check_scheme(scheme) == "webnlg":
         return _webnlg_source(source)
+    if scheme == "e2e":
+        return _e2e_source(source)
     slots = SCHEMES[scheme]
     values: Values = {}
     by_value: dict[str, str] = {}
@@ -205,6 +230,6 @@ def prepare(tokenizer: Any, sources: Sequence[Any]) -> tuple[list[Any], list[Val
     return [p for p, _ in pairs], [v for _, v in pairs]
 
 
-__all__ = ["DELEX_TASKS", "MULTIWOZ_COPY_SLOTS", "SCHEMES", "delexicalise_example", "delexicalise_examples",
+__all__ = ["DELEX_TASKS", "E2E_COPY_SLOTS", "MULTIWOZ_COPY_SLOTS", "SCHEMES", "delexicalise_example", "delexicalise_examples",
            "delexicalise_source", "delexicalise_target", "mark", "parse_source", "prepare", "relexicalise", "scheme_of",
            "webnlg_display"]
