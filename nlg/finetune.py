@@ -55,9 +55,9 @@ class DataArguments:
                 "DP fine-tuning); --task then names the format, for evaluation"})
     delex: Optional[str] = field(default=None, metadata={
         "help": "delexicalise slot values: multiwoz (copy-type: names, refs, ids, addresses, phones, times...) "
-                "or multiwoz-all (every slot with a value): placeholders in sources and targets; e2e: name and near likewise; webnlg: entities "
-                "tagged in the source, replaced in the targets; values re-inserted by the client after decoding "
-                "(mpcgen.data.delex); recorded in the tokenizer"})
+                "or multiwoz-all (every slot with a value): placeholders in sources and targets; e2e: name and "
+                "near likewise; webnlg: entities tagged in the source, replaced in the targets; values re-inserted "
+                "by the client after decoding (mpcgen.data.delex); recorded in the tokenizer"})
 
 
 @dataclass

@@ -165,12 +165,10 @@ def template_text(mr: str, rng: random.Random) -> str:
         opening += " " + " ".join(places)
     elif places:
         clauses.append("is " + " ".join(places))
-    if "priceRange" in slots:
-        nouns, preds = _PRICE[slots["priceRange"]]
-        clauses.append(rng.choice(["has " + rng.choice(nouns), "is " + rng.choice(preds)]))
-    if "customer rating" in slots:
-        nouns, preds = _RATING[slots["customer rating"]]
-        clauses.append(rng.choice(["has " + rng.choice(nouns), "is " + rng.choice(preds)]))
+    for attr, phrases in (("priceRange", _PRICE), ("customer rating", _RATING)):
+        if attr in slots:
+            nouns, preds = phrases[slots[attr]]
+            clauses.append(rng.choice(["has " + rng.choice(nouns), "is " + rng.choice(preds)]))
     if "familyFriendly" in slots:
         clauses.append(rng.choice(_FAMILY[slots["familyFriendly"]]))
     rng.shuffle(clauses)

@@ -15,6 +15,17 @@ SOURCE = ("Train-Inform ( Id = TR1840 ; Leave = 16:36 ; Leave = 18:36 ; Day = mo
           "Booking-Book ( Ref = NJB87PAP ; Name = Cambridge ) Train-OfferBook ( Id = TR1840 ) general-reqmore ( )")
 
 
+def placeholders_found(examples, scheme: str) -> tuple[int, int]:
+    """(placeholders found in the delexicalised references, placeholders the sources give)."""
+    found = total = 0
+    for ex in examples:
+        _, values = delex.delexicalise_source(ex.source, scheme)
+        target = delex.delexicalise_target(ex.target, values)
+        found += sum(name in target for name in values)
+        total += len(values)
+    return found, total
+
+
 def test_copy_type_values_become_numbered_placeholders_and_come_back():
     src, values = delex.delexicalise_source(SOURCE, "multiwoz")
     assert src == ("Train-Inform ( Id = [train_id] ; Leave = [train_leave] ; Leave = [train_leave_2] ; Day = monday ) "
@@ -44,12 +55,7 @@ def test_every_staged_source_parses_back_to_its_acts():
     for ex in examples:
         assert multiwoz.linearise_acts(delex.parse_source(ex.source))[0] == ex.source
     # And most copy-type values are found verbatim in their references (placeholders the model learns to write).
-    found = total = 0
-    for ex in examples[:2000]:
-        _, values = delex.delexicalise_source(ex.source, "multiwoz")
-        target = delex.delexicalise_target(ex.target, values)
-        found += sum(name in target for name in values)
-        total += len(values)
+    found, total = placeholders_found(examples[:2000], "multiwoz")
     assert total > 500 and found / total > 0.95
 
 
@@ -71,12 +77,7 @@ def test_e2e_names_become_placeholders():
     with pytest.raises(MpcgenError, match="not an E2E meaning representation"):
         delex.delexicalise_source(SOURCE, "e2e")
     # Nearly every E2E reference names its venue verbatim.
-    found = total = 0
-    for ex in load_examples("e2e", "test"):
-        _, values = delex.delexicalise_source(ex.source, "e2e")
-        target = delex.delexicalise_target(ex.target, values)
-        found += sum(name in target for name in values)
-        total += len(values)
+    found, total = placeholders_found(load_examples("e2e", "test"), "e2e")
     assert total > 4000 and found / total > 0.95
 
 
@@ -110,14 +111,12 @@ def test_webnlg_display_forms(entity, shown):
 
 
 def test_every_staged_webnlg_source_is_tagged_and_most_mentions_are_found():
-    found = total = 0
-    for ex in load_examples("webnlg", "test"):
-        src, values = delex.delexicalise_source(ex.source, "webnlg")
+    examples = load_examples("webnlg", "test")
+    for ex in examples:
+        src, _ = delex.delexicalise_source(ex.source, "webnlg")
         # Dropping the tags gives the source back.
         assert re.sub(r" \[entity_\d+\]", "", src) == ex.source
-        target = delex.delexicalise_target(ex.target, values)
-        found += sum(name in target for name in values)
-        total += len(values)
+    found, total = placeholders_found(examples, "webnlg")
     assert total > 5000 and found / total > 0.8
 
 
