@@ -7,16 +7,18 @@
 #   3. DP-SGD fine-tuning of it on the E2E training set: LoRA, Poisson batches of 512 in chunks of 64, ghost
 #      clipping, bf16 forwards, the PRV accountant, delta ~ 1/(2N);
 #   4. test scores of the public model and of the DP model.
-#   scripts/dp_e2e.sh [--out stage1_ckpts/e2e_nlg-gpt2-dp-delex] [--public stage1_ckpts/e2e_template-gpt2-delex]
-#                     [--epsilon 8] [--dp-steps 80] [--dp-minutes 40] [--public-minutes 15] [--pairs 40000]
-#                     [--dry-run]
+#   scripts/dp_e2e.sh [--model gpt2|t5|bart] [--out stage1_ckpts/e2e_nlg-MODEL-dp-delex]
+#                     [--public stage1_ckpts/e2e_template-MODEL-delex] [--epsilon 8] [--dp-steps 80] [--lr 2e-3]
+#                     [--dp-minutes 40] [--public-minutes 15] [--pairs 40000] [--dry-run]
 # An existing public model (--public DIR with model.safetensors) is reused; delete it to retrain.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-.venv/bin/python}"
 
-out="stage1_ckpts/e2e_nlg-gpt2-dp-delex"
-public="stage1_ckpts/e2e_template-gpt2-delex"
+model=gpt2
+out=""
+public=""
+lr=2e-3
 pairs_file="public/e2e-template.jsonl"
 epsilon=8
 steps=80
@@ -26,10 +28,12 @@ pairs=40000
 dry=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --model) model="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --public) public="$2"; shift 2 ;;
     --epsilon) epsilon="$2"; shift 2 ;;
     --dp-steps) steps="$2"; shift 2 ;;
+    --lr) lr="$2"; shift 2 ;;
     --dp-minutes) dp_minutes="$2"; shift 2 ;;
     --public-minutes) public_minutes="$2"; shift 2 ;;
     --pairs) pairs="$2"; shift 2 ;;
@@ -38,6 +42,9 @@ while [[ $# -gt 0 ]]; do
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
+case "$model" in gpt2|t5|bart) ;; *) echo "--model must be gpt2, t5 or bart, not $model" >&2; exit 2 ;; esac
+out="${out:-stage1_ckpts/e2e_nlg-$model-dp-delex}"
+public="${public:-stage1_ckpts/e2e_template-$model-delex}"
 BF16=()
 if grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null; then BF16=(--bf16); fi
 
@@ -48,13 +55,13 @@ run() {
 
 if [[ $dry == 1 || ! -f "$public/model.safetensors" ]]; then
   run "$PY" scripts/public_distill_data.py --realiser template --n "$pairs" --composed-names 0.8 --out "$pairs_file"
-  run "$PY" -m nlg.finetune --task e2e --train-file "$pairs_file" --delex e2e --model gpt2 --init scratch --size small \
+  run "$PY" -m nlg.finetune --task e2e --train-file "$pairs_file" --delex e2e --model "$model" --init scratch --size small \
     --num-threads 1 ${BF16[@]+"${BF16[@]}"} --max-minutes "$public_minutes" --eval-every 500 --resume no --out "$public"
 fi
 run "$PY" -m nlg.evaluate --ckpt "$public" --split test --batch-size 64 --num-threads 1
 # delta 1.19e-5 ~ 1/(2N), N = 42,061 E2E training pairs.
-run "$PY" -m nlg.finetune --task e2e --delex e2e --model gpt2 --init pretrained --name-or-path "$public" --dp \
+run "$PY" -m nlg.finetune --task e2e --delex e2e --model "$model" --init pretrained --name-or-path "$public" --dp \
   ${BF16[@]+"${BF16[@]}"} --target-epsilon "$epsilon" --delta 1.19e-5 --accountant prv --lora --lora-r 32 \
-  --lora-alpha 64 --batch-size 512 --dp-physical-batch-size 64 --lr 2e-3 --max-steps "$steps" \
+  --lora-alpha 64 --batch-size 512 --dp-physical-batch-size 64 --lr "$lr" --max-steps "$steps" \
   --max-minutes "$dp_minutes" --eval-every 20 --num-threads 1 --resume no --out "$out"
 run "$PY" -m nlg.evaluate --ckpt "$out" --split test --batch-size 64 --num-threads 1

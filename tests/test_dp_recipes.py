@@ -117,8 +117,18 @@ def test_dp_e2e_recipe_commands_parse():
     assert dp_data.train_file is None and dp_priv.dp and dp_priv.target_epsilon == 3
     assert dp_model.name_or_path == pub_train.out
     assert pub_data.delex == dp_data.delex == "e2e"  # the DP run reads its model's placeholders
+    assert dp_model.model == parsed[0][1].model == "gpt2" and "gpt2" in dp_model.name_or_path
     for c in evals:
         evaluate_parser().parse_args(c[3:])
-    res = subprocess.run(["bash", str(repo / "scripts" / "dp_e2e.sh"), "--bogus"], capture_output=True, text=True,
-                         cwd=repo)
-    assert res.returncode == 2 and "unknown argument" in res.stderr
+    # The same recipe for the encoder-decoders: each family gets its own public model and output.
+    res = subprocess.run(["bash", str(repo / "scripts" / "dp_e2e.sh"), "--dry-run", "--model", "bart", "--lr", "5e-3"],
+                         capture_output=True, text=True, check=True, cwd=repo)
+    tunes = [shlex.split(line[2:]) for line in res.stderr.splitlines() if " -m nlg.finetune " in line]
+    (_, pub_model, pub_train, _), (_, dp_model, dp_train, _) = [
+        HfArgumentParser(FINETUNE_ARGS).parse_args_into_dataclasses(args=c[3:]) for c in tunes]
+    assert pub_model.model == dp_model.model == "bart" and dp_model.name_or_path == pub_train.out
+    assert "bart" in pub_train.out and "bart" in dp_train.out and dp_train.lr == 5e-3
+    for bad, message in ((["--bogus"], "unknown argument"), (["--model", "gpt3"], "--model must be")):
+        res = subprocess.run(["bash", str(repo / "scripts" / "dp_e2e.sh"), *bad], capture_output=True, text=True,
+                             cwd=repo)
+        assert res.returncode == 2 and message in res.stderr
