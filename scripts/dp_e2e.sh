@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# DP-SGD on E2E after public pre-training, the recipe of docs/results.md (session 12):
+# DP-SGD on E2E after public pre-training, the recipe of docs/results.md (sessions 12-13):
 #   1. public E2E-format pairs: MRs from the published schema, venue names public or made up from public words,
 #      texts from hand-written templates (scripts/public_distill_data.py --realiser template): no private data;
-#   2. a public GPT-2 trained on them from scratch, tokenizer included (nlg.finetune --train-file), names and
+#   2. a public model (--model) trained on them from scratch, tokenizer included (nlg.finetune --train-file), names and
 #      landmarks delexicalised (--delex e2e: the client restores them, so no model has to spell them);
-#   3. DP-SGD fine-tuning of it on the E2E training set: LoRA, Poisson batches of 512 in chunks of 64, ghost
+#   3. DP-SGD fine-tuning of it on the E2E training set: LoRA, 160 Poisson batches of 512 in chunks of 64, ghost
 #      clipping, bf16 forwards, the PRV accountant, delta ~ 1/(2N);
 #   4. test scores of the public model and of the DP model.
 #   scripts/dp_e2e.sh [--model gpt2|t5|bart] [--out stage1_ckpts/e2e_nlg-MODEL-dp-delex]
-#                     [--public stage1_ckpts/e2e_template-MODEL-delex] [--epsilon 8] [--dp-steps 80] [--lr 2e-3]
-#                     [--dp-minutes 40] [--public-minutes 15] [--pairs 40000] [--dry-run]
+#                     [--public stage1_ckpts/e2e_template-MODEL-delex] [--epsilon 8] [--dp-steps 160] [--lr 3e-3]
+#                     [--dp-minutes 90] [--public-minutes 15] [--pairs 40000] [--dry-run]
 # An existing public model (--public DIR with model.safetensors) is reused; delete it to retrain.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,11 +18,11 @@ PY="${PYTHON:-.venv/bin/python}"
 model=gpt2
 out=""
 public=""
-lr=2e-3
+lr=3e-3
 pairs_file="public/e2e-template.jsonl"
 epsilon=8
-steps=80
-dp_minutes=40
+steps=160
+dp_minutes=90
 public_minutes=15
 pairs=40000
 dry=0
