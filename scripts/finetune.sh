@@ -14,7 +14,7 @@ PY="${PYTHON:-.venv/bin/python}"
 # Every figure and its measured steps are in docs/results.md; cells not yet trained to their bar say so there.
 declare -A RECIPE=(
   [e2e-gpt2]="--max-minutes 55"
-  [e2e-t5]="--max-minutes 55 --eval-every 500; --max-minutes 55 --eval-every 500 --resume yes"
+  [e2e-t5]="--max-minutes 55 --eval-every 500 --delex e2e"
   [e2e-bart]="--max-minutes 55 --eval-every 500"
   [webnlg-gpt2]="--max-length 448 --max-minutes 55"
   [webnlg-t5]="--max-length 320 --max-minutes 55 --eval-every 500"
