@@ -230,6 +230,6 @@ def prepare(tokenizer: Any, sources: Sequence[Any]) -> tuple[list[Any], list[Val
     return [p for p, _ in pairs], [v for _, v in pairs]
 
 
-__all__ = ["DELEX_TASKS", "E2E_COPY_SLOTS", "MULTIWOZ_COPY_SLOTS", "SCHEMES", "delexicalise_example", "delexicalise_examples",
-           "delexicalise_source", "delexicalise_target", "mark", "parse_source", "prepare", "relexicalise", "scheme_of",
-           "webnlg_display"]
+__all__ = ["DELEX_TASKS", "E2E_COPY_SLOTS", "MULTIWOZ_COPY_SLOTS", "SCHEMES", "delexicalise_example",
+           "delexicalise_examples", "delexicalise_source", "delexicalise_target", "mark", "parse_source", "prepare",
+           "relexicalise", "scheme_of", "webnlg_display"]
