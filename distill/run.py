@@ -109,6 +109,7 @@ class TrainArguments:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on vectors)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     eval_every: int = field(default=200, metadata={"help": "validate (and save) every N steps"})
+    group_by_length: bool = field(default=False, metadata={"help": "batches of similar lengths (less padding)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     num_threads: Optional[int] = field(default=None, metadata={"help": "torch threads (default: all cores)"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast for forward passes"})
@@ -236,7 +237,8 @@ def run(sargs: StudentArguments, largs: LossArguments, targs: TrainArguments) ->
                 len(train_rows), len(val_rows), out)
     plan = TrainPlan(total_steps=total, max_minutes=targs.max_minutes, lr=targs.lr, warmup=targs.warmup_steps,
                      schedule=targs.schedule, weight_decay=targs.weight_decay, batch_size=targs.batch_size,
-                     eval_every=targs.eval_every, max_grad_norm=targs.max_grad_norm, seed=targs.seed, bf16=targs.bf16)
+                     eval_every=targs.eval_every, max_grad_norm=targs.max_grad_norm, seed=targs.seed, bf16=targs.bf16,
+                     group_by_length=targs.group_by_length)
     hooks = TrainHooks(loss=distiller.loss, val_loss=distiller.val_loss, resume_config=student.config,
                        param_groups=functools.partial(D.param_groups, reciprocal_lr_scale=sargs.reciprocal_lr_scale))
     trainer = Trainer(student, tokenizer, train_rows, val_rows, plan, out=out, rank=0, world=1,

@@ -165,6 +165,8 @@ def test_bad_names_are_user_errors(caplog, tmp_path):
     assert main([*TINY, "--out", str(tmp_path), "--model", "gpt3"]) == 2
     assert "['bart', 'gpt2', 't5']" in caplog.text
     assert main([*TINY, "--out", str(tmp_path), "--task", "nope"]) == 2
+    assert main([*TINY, "--out", str(tmp_path), "--dp", "--group-by-length"]) == 2
+    assert "Poisson sample" in caplog.text and not (tmp_path / "resume").exists()
 
 
 def test_multiwoz_trains_on_validation_with_disjoint_holdout(data_dir):

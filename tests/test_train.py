@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,3 +136,51 @@ def test_time_budget_refits_when_the_machine_slows_down(capsys, tmp_path, monkey
     # The last evaluation before the stop is near the cosine's end (fitted once: lr 4.5e-4 there, 7 steps before
     # the deadline cut the run).
     assert history[-2]["lr"] < 0.1 * 1e-3 and history[-1]["step"] - history[-2]["step"] <= 5, history
+
+
+def test_length_grouped_batches_are_a_permutation_with_little_padding():
+    from mpcgen.train.data import length_grouped
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 200, (1000,), generator=gen).tolist()
+    shuffled = torch.randperm(1000, generator=gen).tolist()
+    grouped = length_grouped(shuffled, lengths, 32, seed=1, megabatch=10)
+    assert sorted(grouped) == list(range(1000))
+    assert grouped[-(1000 % 32):] == sorted(grouped[-(1000 % 32):], key=lambda i: -lengths[i])  # the short batch last
+
+    def padding(order: list[int]) -> float:
+        batches = [order[i : i + 32] for i in range(0, len(order), 32)]
+        padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+        return 1 - sum(lengths) / padded
+
+    assert padding(shuffled) > 0.4 and padding(grouped) < 0.15  # uniform 5-200: sorted runs of 320
+    assert length_grouped(shuffled, lengths, 32, seed=1, megabatch=10) == grouped
+    assert length_grouped(shuffled, lengths, 32, seed=2, megabatch=10) != grouped  # another epoch, another order
+    with pytest.raises(MpcgenError, match="positive"):
+        length_grouped(shuffled, lengths, 0, seed=1)
+
+
+def test_grouped_batches_resume_mid_epoch_where_they_stopped():
+    """The loop's batch k of an epoch is the same whether the run started at 0 or resumed at k (also across the epoch
+    boundary, whose grouping is seeded by the epoch)."""
+    import itertools
+    import types
+
+    from mpcgen.train.loop import Trainer, TrainPlan
+
+    rows = [{"input_ids": [1] * n, "labels": [2] * n} for n in (3, 9, 4, 17, 6, 1, 12, 8, 2, 5, 15, 7, 11, 10)]
+    plan = TrainPlan(total_steps=None, max_minutes=None, lr=1e-3, warmup=0, schedule="constant", weight_decay=0.0,
+                     batch_size=4, eval_every=100, max_grad_norm=1.0, seed=3, group_by_length=True)
+
+    def trainer(batch_in_epoch: int) -> Trainer:
+        t = Trainer(None, types.SimpleNamespace(pad_token_id=0), rows, rows[:2], plan, out=Path("unused"), rank=0,
+                    world=1, is_encoder_decoder=False, training_args={})
+        t.state["batch_in_epoch"] = batch_in_epoch
+        return t
+
+    whole = [b["input_ids"].tolist() for b in itertools.islice(trainer(0)._batches(None), 10)]
+    resumed = [b["input_ids"].tolist() for b in itertools.islice(trainer(2)._batches(None), 8)]
+    assert resumed == whole[2:]
+    # One megabatch: the lengths sorted and cut into 4s; the full batches in a seeded order, the short one last.
+    lengths = [[sum(1 for t in row if t) for row in b] for b in whole[:4]]
+    assert sorted(lengths[:3]) == [[6, 5, 4, 3], [10, 9, 8, 7], [17, 15, 12, 11]] and lengths[3] == [2, 1]

@@ -19,7 +19,7 @@ from mpcgen import checkpoint as C
 from mpcgen.errors import MpcgenError
 from mpcgen.io import write_json
 from mpcgen.train import schedule
-from mpcgen.train.data import Collator
+from mpcgen.train.data import Collator, length_grouped
 from mpcgen.train.dp import DPPlan, PrivateTraining, epsilon_from_history, make_private
 from mpcgen.train.families import export_hf_model, unwrap
 from mpcgen.train.losses import per_sample_loss, sequence_loss, validation_loss
@@ -49,6 +49,7 @@ class TrainPlan:
     dp: Optional[DPPlan] = None
     bf16: bool = False
     optimizer: str = "adamw"
+    group_by_length: bool = False
 
 
 @dataclass
@@ -141,6 +142,9 @@ class Trainer:
                 sampler.set_epoch(self.state["epoch"])
                 idx = list(sampler)
                 bs = self.plan.batch_size
+                if self.plan.group_by_length:
+                    lengths = [len(r["input_ids"]) + len(r["labels"]) for r in self.train_rows]
+                    idx = length_grouped(idx, lengths, bs, seed=self.plan.seed * 100_003 + self.state["epoch"])
                 for start in range(self.state["batch_in_epoch"] * bs, len(idx), bs):
                     self.state["batch_in_epoch"] += 1
                     yield self.collate([self.train_rows[i] for i in idx[start : start + bs]])
