@@ -56,8 +56,7 @@ class DataArguments:
     delex: Optional[str] = field(default=None, metadata={
         "help": "delexicalise slot values: multiwoz (copy-type: names, refs, ids, addresses, phones, times...) "
                 "or multiwoz-all (every slot with a value): placeholders in sources and targets; e2e: name and "
-                "near likewise; webnlg: entities tagged in the source, replaced in the targets (webnlg-roles: tags "
-                "named after each entity's property, [birth_date], instead of its position); values re-inserted "
+                "near likewise; webnlg: entities tagged in the source, replaced in the targets; values re-inserted "
                 "by the client after decoding (mpcgen.data.delex); recorded in the tokenizer"})
 
 

@@ -120,48 +120,10 @@ def test_every_staged_webnlg_source_is_tagged_and_most_mentions_are_found():
     assert total > 5000 and found / total > 0.8
 
 
-def test_webnlg_role_tags_name_objects_by_their_property_and_pure_subjects_as_agents():
-    source = WEBNLG + " ; Twilight (band) | genre | Death metal ; Erzincan | isPartOf | Turkey"
-    src, values = delex.delexicalise_source(source, "webnlg-roles")
-    # An entity that is an object anywhere takes its first property's name (Erzincan stays [birth_place] as a
-    # subject); a second object of one property is numbered; subjects that are nothing else are agents, in order.
-    assert src == ("Twilight (band) [agent] | genre | Black metal [genre] ; Twilight (band) [agent] | "
-                   "activeYearsStartYear | 2005.0 [active_years_start_year] ; Binali Yıldırım [agent_2] | birthPlace | "
-                   "Erzincan [birth_place] ; Twilight (band) [agent] | genre | Death metal [genre_2] ; "
-                   "Erzincan [birth_place] | isPartOf | Turkey [is_part_of]")
-    assert values == {"[genre]": "Black metal", "[active_years_start_year]": "2005", "[birth_place]": "Erzincan",
-                      "[genre_2]": "Death metal", "[is_part_of]": "Turkey", "[agent]": "Twilight",
-                      "[agent_2]": "Binali Yıldırım"}
-    delexed = delex.delexicalise_target("Twilight plays black metal and death metal since 2005.", values)
-    assert delexed == "[agent] plays [genre] and [genre_2] since [active_years_start_year]."
-    assert delex.relexicalise(delexed, values) == "Twilight plays Black metal and Death metal since 2005."
-
-
-@pytest.mark.parametrize("prop, stem", [("birthDate", "birth_date"), ("1stRunwayLengthFeet", "1st_runway_length_feet"),
-                                        ("associatedBand/associatedMusicalArtist",
-                                         "associated_band_associated_musical_artist"),
-                                        ("ICAO_Location_Identifier", "icao_location_identifier"), ("PCGSCode", "pcgs_code"),
-                                        ("elevationAboveTheSeaLevel_(in_metres)", "elevation_above_the_sea_level_in_metres"),
-                                        ("iso6391Code", "iso6391_code"), ("(())", "value")])
-def test_property_tags_are_snake_case_placeholders(prop, stem):
-    assert delex.property_tag(prop) == stem
-    assert delex.relexicalise(f"[{stem}]", {f"[{stem}]": "x"}) == "x"
-
-
-def test_every_staged_webnlg_source_gets_role_tags_and_as_many_mentions_are_found():
-    examples = load_examples("webnlg", "test")
-    for ex in examples:
-        src, values = delex.delexicalise_source(ex.source, "webnlg-roles")
-        assert re.sub(r" \[[a-z0-9_]+\]", "", src) == ex.source
-        assert len(values) == len(delex.delexicalise_source(ex.source, "webnlg")[1])
-    assert placeholders_found(examples, "webnlg-roles") == placeholders_found(examples, "webnlg")
-
-
-@pytest.mark.parametrize("scheme", ["webnlg", "webnlg-roles"])
 @pytest.mark.parametrize("bad", ["name[The Eagle], food[French]", "A | b", "A | b | c ; | d | e"])
-def test_a_source_that_is_not_a_webnlg_triple_set_is_refused(bad, scheme):
+def test_a_source_that_is_not_a_webnlg_triple_set_is_refused(bad):
     with pytest.raises(MpcgenError, match="not a WebNLG triple source"):
-        delex.delexicalise_source(bad, scheme)
+        delex.delexicalise_source(bad, "webnlg")
 
 
 def test_the_scheme_travels_with_the_tokenizer_into_evaluation(capsys, tmp_path, monkeypatch):

@@ -36,13 +36,6 @@ paraphrase. Here the values do enter the secure computation (as secret shares of
 prompt); what the scheme saves is the model's spelling out of names it has never seen. The value restored is the
 entity's display form (:func:`webnlg_display`: a trailing ``(qualifier)`` and a float's ``.0`` dropped), the form
 the references use most (82% of test entity mentions are verbatim in this form, 73% in the raw one).
-
-Scheme ``webnlg-roles`` names each tag after the entity's role instead of its position: an object is tagged with
-its property in snake case (``1964-10-13 [birth_date]``; a second object of one property ``[birth_date_2]``), an
-entity that is only ever a subject ``[agent]`` (``[agent_2]``, ...). Positional tags make the model find which tag
-follows the value a phrase talks about, and a small model swaps them ("born on the [entity_3] and served as a
-[entity_2]"); a role tag is what the phrase itself predicts ("born on [birth_date]") for the 83% of test triples
-whose property the training set has, and a copy of the property's name for the rest.
 """
 
 from __future__ import annotations
@@ -63,14 +56,13 @@ MULTIWOZ_COPY_SLOTS = frozenset({"Name", "Ref", "Addr", "Id", "Phone", "Post", "
 # E2E: the venue's and the landmark's names, as TGen (the challenge's baseline) delexicalises them.
 E2E_COPY_SLOTS = frozenset({"name", "near"})
 SCHEMES: dict[str, frozenset[str] | None] = {"multiwoz": MULTIWOZ_COPY_SLOTS, "multiwoz-all": None, "webnlg": None,
-                                             "webnlg-roles": None, "e2e": E2E_COPY_SLOTS}
+                                             "e2e": E2E_COPY_SLOTS}
 DELEX_TASKS: dict[str, str] = {"multiwoz": "multiwoz_nlg", "multiwoz-all": "multiwoz_nlg",  # scheme -> its task
-                               "webnlg": "web_nlg", "webnlg-roles": "web_nlg", "e2e": "e2e_nlg"}
+                               "webnlg": "web_nlg", "e2e": "e2e_nlg"}
 TOKENIZER_KEY = "mpcgen_delex"
 
 _GROUP = re.compile(r"(?:^|(?<= ))([A-Za-z]+-[A-Za-z]+) \(")
-_PLACEHOLDER = re.compile(r"\[[a-z0-9]+(?:_[a-z0-9]+)*\]")
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_PLACEHOLDER = re.compile(r"\[[a-z]+(?:_[a-z]+)*(?:_\d+)?\]")
 _QUALIFIER = re.compile(r"(.+?)\s*\([^()]*\)")
 _WHOLE_FLOAT = re.compile(r"(-?\d+)\.0")
 
@@ -116,41 +108,24 @@ def webnlg_display(entity: str) -> str:
     return match.group(1) if match else entity
 
 
-def property_tag(prop: str) -> str:
-    """A WebNLG property as a role tag's stem: ``birthDate`` -> ``birth_date``, ``1stRunwayLengthFeet`` ->
-    ``1st_runway_length_feet``, ``associatedBand/associatedMusicalArtist`` -> ``associated_band_associated_musical_artist``."""
-    words = re.split(r"[^A-Za-z0-9]+", _CAMEL.sub("_", prop))
-    return "_".join(w.lower() for w in words if w) or "value"
+def _webnlg_source(source: str) -> tuple[str, Values]:
+    values: Values = {}
+    by_entity: dict[str, str] = {}
 
+    def tag(entity: str) -> str:
+        if entity not in by_entity:
+            by_entity[entity] = name = f"[entity_{len(by_entity) + 1}]"
+            values[name] = webnlg_display(entity)
+        return f"{entity} {by_entity[entity]}"
 
-def _webnlg_source(source: str, roles: bool = False) -> tuple[str, Values]:
     triples = []
     for raw in source.split(" ; "):
         parts = raw.split(" | ")
         if len(parts) != 3 or not all(p.strip() for p in parts):
             raise MpcgenError(f"not a WebNLG triple source (expected 'subject | property | object ; ...'): "
                               f"{raw!r} in {source!r}")
-        triples.append(parts)
-    # One entity, one tag wherever it occurs. Role tags: an entity that is some triple's object is named after the
-    # first such property, so they are given out before the subjects that are nothing else.
-    order = [e for s, _, o in triples for e in (s, o)]
-    stems: dict[str, str] = {}
-    if roles:
-        for _, prop, obj in triples:
-            stems.setdefault(obj, property_tag(prop))
-        order = [o for _, _, o in triples] + [s for s, _, _ in triples]
-    values: Values = {}
-    by_entity: dict[str, str] = {}
-    for entity in order:
-        if entity in by_entity:
-            continue
-        stem = stems.get(entity, "agent") if roles else "entity"
-        name, n = (f"[{stem}]", 1) if roles else (f"[entity_{len(by_entity) + 1}]", 0)
-        while name in values:
-            n += 1
-            name = f"[{stem}_{n}]"
-        by_entity[entity], values[name] = name, webnlg_display(entity)
-    return " ; ".join(f"{s} {by_entity[s]} | {p} | {o} {by_entity[o]}" for s, p, o in triples), values
+        triples.append(f"{tag(parts[0])} | {parts[1]} | {tag(parts[2])}")
+    return " ; ".join(triples), values
 
 
 def _e2e_source(source: str) -> tuple[str, Values]:
@@ -174,8 +149,8 @@ def delexicalise_source(source: str, scheme: str) -> tuple[str, Values]:
     """``(source with placeholders, {placeholder: value})`` for one source of the scheme's task."""
     from mpcgen.data.multiwoz import linearise_acts
 
-    if check_scheme(scheme) in ("webnlg", "webnlg-roles"):
-        return _webnlg_source(source, roles=scheme == "webnlg-roles")
+    if check_scheme(scheme) == "webnlg":
+        return _webnlg_source(source)
     if scheme == "e2e":
         return _e2e_source(source)
     slots = SCHEMES[scheme]
@@ -257,4 +232,4 @@ def prepare(tokenizer: Any, sources: Sequence[Any]) -> tuple[list[Any], list[Val
 
 __all__ = ["DELEX_TASKS", "E2E_COPY_SLOTS", "MULTIWOZ_COPY_SLOTS", "SCHEMES", "delexicalise_example",
            "delexicalise_examples", "delexicalise_source", "delexicalise_target", "mark", "parse_source", "prepare",
-           "property_tag", "relexicalise", "scheme_of", "webnlg_display"]
+           "relexicalise", "scheme_of", "webnlg_display"]
